@@ -1,0 +1,109 @@
+"""Device-resident CIFAR batches: the whole split lives as uint8 on the training device and every batch is
+cropped, flipped and normalised in one gather, with no worker processes and no PIL.
+
+Sample order and augmentation come from a generator seeded by (seed, epoch) alone, drawn on the CPU and only
+then moved to the device, so every method (and a resumed run, and a GPU run) sees the same stream.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from .datasets import Split
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor    # float (B, 3, 32, 32), normalised
+    y: torch.Tensor    # int64 (B,)
+    idx: torch.Tensor  # int64 (B,): position of each sample in the training split
+
+
+def epoch_generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:
+    """A CPU generator that depends only on (seed, epoch, salt)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch * 7919 + salt) % (2 ** 63))
+
+
+class _Normalizer:
+    def __init__(self, mean, std, device):
+        std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
+        self.scale = 1.0 / (255.0 * std_t)
+        self.shift = -torch.tensor(mean, device=device).view(1, 3, 1, 1) / std_t
+
+    def __call__(self, images_u8: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, 3) uint8 -> (B, 3, H, W) float, normalised."""
+        x = images_u8.permute(0, 3, 1, 2).float()
+        return torch.addcmul(self.shift, x, self.scale)
+
+
+class TrainLoader:
+    """Shuffled, augmented batches of one split (random crop 32 with `padding`, horizontal flip)."""
+
+    def __init__(self, split: Split, batch_size: int, mean, std, seed: int, device="cpu",
+                 padding: int = 4, pad_mode: str = "zeros", flip: bool = True):
+        if pad_mode not in ("zeros", "reflect"):
+            raise ValueError(f"pad_mode must be 'zeros' or 'reflect', got {pad_mode!r}")
+        self.device = torch.device(device)
+        self.images = split.images.to(self.device)
+        self.labels = split.labels.to(self.device)
+        self.batch_size, self.seed = batch_size, seed
+        self.padding, self.pad_mode, self.flip = padding, pad_mode, flip
+        self.normalize = _Normalizer(mean, std, self.device)
+        self.arange = torch.arange(32, device=self.device)
+
+    def __len__(self):
+        n, b = len(self.labels), self.batch_size
+        # a final batch of one sample would break BatchNorm in train mode; it is dropped
+        return n // b + (1 if n % b > 1 else 0)
+
+    def _coords(self, offsets: torch.Tensor):
+        """Source coordinates (B, 32) of a crop starting at `offsets` in the padded image, and their validity."""
+        c = offsets[:, None] + self.arange - self.padding
+        if self.pad_mode == "reflect":
+            c = torch.where(c < 0, -c, c)
+            c = torch.where(c > 31, 62 - c, c)
+            return c, None
+        valid = (c >= 0) & (c <= 31)
+        return c.clamp(0, 31), valid
+
+    def epoch(self, epoch: int) -> Iterator[Batch]:
+        n = len(self.labels)
+        gen = epoch_generator(self.seed, epoch)
+        order = torch.randperm(n, generator=gen)
+        span = 2 * self.padding + 1
+        dy = torch.randint(0, span, (n,), generator=gen)
+        dx = torch.randint(0, span, (n,), generator=gen)
+        flips = torch.rand(n, generator=gen) < 0.5 if self.flip else torch.zeros(n, dtype=torch.bool)
+        order, dy, dx, flips = (t.to(self.device, non_blocking=True) for t in (order, dy, dx, flips))
+        for i in range(len(self)):
+            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            idx = order[sl]
+            rows, row_ok = self._coords(dy[sl])
+            cols, col_ok = self._coords(dx[sl])
+            cols = torch.where(flips[sl, None], cols.flip(1), cols)
+            crop = self.images[idx[:, None, None], rows[:, :, None], cols[:, None, :]]
+            if row_ok is not None:
+                col_ok = torch.where(flips[sl, None], col_ok.flip(1), col_ok)
+                crop = crop * (row_ok[:, :, None, None] & col_ok[:, None, :, None])
+            yield Batch(self.normalize(crop), self.labels[idx], idx)
+
+
+class TestLoader:
+    """Fixed-order, unaugmented batches (test = normalise only)."""
+
+    def __init__(self, split: Split, batch_size: int, mean, std, device="cpu"):
+        self.device = torch.device(device)
+        self.images = split.images.to(self.device)
+        self.labels = split.labels.to(self.device)
+        self.batch_size = batch_size
+        self.normalize = _Normalizer(mean, std, self.device)
+
+    def __len__(self):
+        return -(-len(self.labels) // self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for i in range(0, len(self.labels), self.batch_size):
+            idx = torch.arange(i, min(i + self.batch_size, len(self.labels)), device=self.device)
+            yield Batch(self.normalize(self.images[idx]), self.labels[idx], idx)

@@ -1,0 +1,171 @@
+"""The `Method` contract: one distillation method = its pure loss function + this wiring.
+
+A method declares its hyperparameters (`defaults`, the loss weight included), the features it taps, what else
+it needs, its extra trainable modules (built from the feature shapes of one dry-run forward, kept in
+`self.extra`, optimised with the student under the protocol's SGD), its stages, and returns a dict of named,
+already weighted losses. The runner sums them, back-propagates and steps. Methods with their own update rule
+override `train_step`; nothing method-specific lives in the runner.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from data.loader import Batch
+
+KINDS = ("baseline", "response", "feature", "relation", "online", "ensemble")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A span of epochs with its own learning-rate steps and optimiser settings.
+
+    `lr_steps` are (first epoch within the stage, lr) pairs; `optimizer` overrides the protocol's SGD settings
+    (e.g. FT's paraphraser pre-training: no Nesterov, weight decay 1e-4); `role` tells the method what the stage
+    is for ('main', 'init', 'pretrain', ...).
+    """
+
+    name: str
+    epochs: int
+    lr_steps: tuple[tuple[int, float], ...]
+    role: str = "main"
+    optimizer: tuple[tuple[str, object], ...] = ()
+
+    def lr_at(self, stage_epoch: int) -> float:
+        lr = self.lr_steps[0][1]
+        for start, value in self.lr_steps:
+            if stage_epoch >= start:
+                lr = value
+        return lr
+
+
+@dataclass
+class StepInfo:
+    """Where training is: global epoch (0-based), total epochs over all stages, the stage and its epoch."""
+
+    epoch: int
+    total_epochs: int
+    stage: Stage
+    stage_epoch: int
+    step: int = 0
+
+
+@dataclass
+class Context:
+    """What a method may know about the run beyond the networks."""
+
+    num_classes: int
+    dataset: str
+    seed: int
+    device: torch.device
+    train_labels: torch.Tensor  # labels of the training split, indexed by Batch.idx (CRD's negatives)
+    epochs: int                 # the protocol's main-stage epochs: stage lengths scale with it
+    generator: torch.Generator | None = None  # the method's own randomness, seeded from (seed, method)
+
+
+def main_stage(protocol) -> Stage:
+    """The paper's schedule: lr divided by 10 at 50% and 75% of the epochs."""
+    e = protocol.epochs
+    steps = [(0, protocol.lr)]
+    for frac_start, div in ((0.5, 10), (0.75, 100)):
+        steps.append((int(round(e * frac_start)), protocol.lr / div))
+    return Stage("main", e, tuple(steps))
+
+
+def scaled(epochs_ref: int, ref_total: int, protocol_epochs: int) -> int:
+    """A stage length given in the reference's epochs (out of `ref_total`), scaled to the protocol, >= 1."""
+    return max(1, int(round(epochs_ref * protocol_epochs / ref_total)))
+
+
+class Method:
+    name: str = ""
+    kind: str = ""
+    description: str = ""
+    paper: str = ""
+    defaults: dict = {"weight": 1.0}
+    needs_teacher: bool = True
+    student_taps: tuple[str, ...] = ()
+    teacher_taps: tuple[str, ...] = ()
+    needs: frozenset = frozenset()  # e.g. {"index"} (CRD), {"input_grad"} (Sobolev)
+    loss_fn = None                  # the pure loss function of tensors (staticmethod on subclasses)
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, hparams: dict, ctx: Context):
+        unknown = set(hparams) - set(self.defaults)
+        if unknown:
+            raise ValueError(f"{self.name}: unknown hyperparameters {sorted(unknown)}; "
+                             f"known: {sorted(self.defaults)}")
+        self.hp = {**self.defaults, **hparams}
+        self.student, self.teacher, self.ctx = student, teacher, ctx
+        self.extra = nn.ModuleDict()
+        if self.teacher is not None:
+            self.teacher.eval()
+            for p in self.teacher.parameters():
+                p.requires_grad_(False)
+
+    # ---- construction -------------------------------------------------------------------------------------
+    @classmethod
+    def resolve_hparams(cls, overrides: dict, dataset: str) -> dict:
+        """The full hyperparameters of a run (they go into the run id). Override for per-dataset defaults."""
+        unknown = set(overrides) - set(cls.defaults)
+        if unknown:
+            from runner.errors import UserError
+            raise UserError(f"{cls.name}: unknown hyperparameters {sorted(unknown)}; known: {sorted(cls.defaults)}")
+        return {**cls.defaults, **overrides}
+
+    def setup(self, s_feats: dict, t_feats: dict | None) -> None:
+        """Build `self.extra` from the features of one dry-run forward (shapes only matter)."""
+
+    def stages(self, protocol) -> list[Stage]:
+        return [main_stage(protocol)]
+
+    def stage_parameters(self, stage: Stage) -> Iterable[nn.Parameter]:
+        """Parameters the optimiser of `stage` updates: by default the student and the extra modules."""
+        return [p for m in (self.student, self.extra) for p in m.parameters() if p.requires_grad]
+
+    def train(self, mode: bool = True) -> None:
+        self.student.train(mode)
+        self.extra.train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+
+    # ---- training -----------------------------------------------------------------------------------------
+    def teacher_forward(self, x):
+        with torch.no_grad():
+            return self.teacher(x)
+
+    def losses(self, batch: Batch, info: StepInfo) -> dict[str, torch.Tensor]:
+        """Weighted losses of one batch: CE on the student plus the method's distillation terms."""
+        logits, feats = self.student(batch.x)
+        out = {"ce": F.cross_entropy(logits, batch.y)}
+        if self.needs_teacher:
+            t_logits, t_feats = self.teacher_forward(batch.x)
+            out.update(self.distill(logits, feats, t_logits, t_feats, batch, info))
+        return out
+
+    def distill(self, s_logits, s_feats, t_logits, t_feats, batch: Batch, info: StepInfo) -> dict:
+        return {}
+
+    def train_step(self, batch: Batch, info: StepInfo, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+        """One update. Returns the detached losses; the runner checks their epoch sums for NaN/inf (one device
+        sync per epoch, not per step) and fails the run before anything of that epoch is saved."""
+        losses = self.losses(batch, info)
+        optimizer.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        optimizer.step()
+        return {k: v.detach() for k, v in losses.items()}
+
+    # ---- what is evaluated and saved ------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything of the method that a resumed run needs besides the student (extend for extra state)."""
+        return {"extra": self.extra.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.extra.load_state_dict(state["extra"])
+
+    def eval_model(self) -> nn.Module:
+        """The network whose accuracy is the method's result (the student by default)."""
+        return self.student

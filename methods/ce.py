@@ -1,0 +1,11 @@
+"""Cross-entropy alone: trains the teacher and the student baseline (no distillation)."""
+from .base import Method
+
+
+class CE(Method):
+    name = "ce"
+    kind = "baseline"
+    description = "cross-entropy only: the teacher run and the student baseline"
+    paper = "-"
+    defaults = {}
+    needs_teacher = False

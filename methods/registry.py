@@ -1,0 +1,32 @@
+"""The method registry, in the paper's order (Kang & Gwak 2020, Table 1). One line per method.
+
+Entries are `name: "module:Class"` and are imported on first use, so a broken or heavy method never slows
+down `--list` of the others. A method that is not finished is not listed here.
+"""
+from __future__ import annotations
+
+import importlib
+
+from runner.errors import UserError
+
+REGISTRY: dict[str, str] = {
+    "ce": "methods.ce:CE",
+    "logits": "methods.logits:Logits",
+    "st": "methods.st:SoftTarget",
+    # >>> paper methods (keep the paper's order)
+    # <<< paper methods
+}
+
+
+def method_names(include_baseline: bool = False) -> list[str]:
+    return [n for n in REGISTRY if include_baseline or n != "ce"]
+
+
+def get_method(name: str):
+    try:
+        target = REGISTRY[name]
+    except KeyError:
+        raise UserError(f"unknown method {name!r}; known methods: {', '.join(REGISTRY)} "
+                        "(python benchmark.py --list describes them)") from None
+    module, cls = target.split(":")
+    return getattr(importlib.import_module(module), cls)

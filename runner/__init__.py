@@ -1,0 +1,1 @@
+"""Runs: specs and ids, training with checkpoints, evaluation, planning and launching."""

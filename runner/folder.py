@@ -1,0 +1,72 @@
+"""A run folder `results/runs/<run_id>/` and the state that follows from its files.
+
+NEW: no folder. PARTIAL: started (spec.json, maybe ckpt.pt). DONE: final.json with status 'done'.
+FAILED: final.json with status 'failed' (the reason inside). final.json is written last and atomically, so
+it is the done marker; the summary is always rebuilt from these folders.
+"""
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+
+from .spec import RunSpec
+from .store import CorruptFile, read_json_checked
+
+
+class State(str, Enum):
+    NEW = "NEW"
+    PARTIAL = "PARTIAL"
+    DONE = "DONE"
+    FAILED = "FAILED"
+
+
+class RunFolder:
+    def __init__(self, results_dir: str | Path, run_id: str):
+        self.run_id = run_id
+        self.path = Path(results_dir) / "runs" / run_id
+
+    spec_json = property(lambda self: self.path / "spec.json")
+    epochs = property(lambda self: self.path / "epochs.jsonl")
+    ckpt = property(lambda self: self.path / "ckpt.pt")
+    final = property(lambda self: self.path / "final.json")
+    model = property(lambda self: self.path / "model.pt")
+    log = property(lambda self: self.path / "log.txt")
+
+    def read_spec(self) -> tuple[RunSpec, dict]:
+        """The spec and the unhashed run information (e.g. where a published teacher lives)."""
+        d = json.loads(self.spec_json.read_text())
+        return RunSpec.from_dict(d["spec"]), d.get("info", {})
+
+    def read_final(self) -> dict | None:
+        if not self.final.exists():
+            return None
+        try:
+            return read_json_checked(self.final)
+        except CorruptFile:
+            return None
+
+    def state(self) -> State:
+        final = self.read_final()
+        if final is not None:
+            return State.DONE if final.get("status") == "done" else State.FAILED
+        return State.PARTIAL if self.path.exists() else State.NEW
+
+    def read_epochs(self) -> list[dict]:
+        if not self.epochs.exists():
+            return []
+        rows = []
+        for line in self.epochs.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                break  # a line cut short by a crash: everything after it is not trusted
+        return rows
+
+
+def iter_folders(results_dir: str | Path):
+    runs = Path(results_dir) / "runs"
+    if runs.is_dir():
+        for p in sorted(runs.iterdir()):
+            if (p / "spec.json").is_file():
+                yield RunFolder(results_dir, p.name)

@@ -1,0 +1,73 @@
+"""What a run is: `Protocol` (training settings), `DataSpec`, `RunSpec`, and the run id (a hash of the spec).
+
+The protocol is the only home of the training settings, so every method is trained identically by
+construction. Paths, launcher, device, threads and determinism are not part of a spec and not in its hash.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Protocol:
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    padding: int = 4
+    pad_mode: str = "zeros"  # the paper says "pad 4"; the reference code pads by reflection ("reflect")
+    flip: bool = True
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    dataset: str = "cifar10"   # cifar10 | cifar100: classes and normalisation
+    source: str = "disk"       # disk (official layout or array files) | synthetic
+    train_size: int | None = None  # a fixed subset of the training split (None = all)
+    test_size: int | None = None
+
+    @property
+    def label(self) -> str:
+        """Folder name for summaries: results of different data never mix."""
+        label = self.dataset + ("-synthetic" if self.source == "synthetic" else "")
+        if self.train_size or self.test_size:
+            label += f"-n{self.train_size or 'all'}-{self.test_size or 'all'}"
+        return label
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    data: DataSpec
+    method: str
+    student: str
+    seed: int
+    protocol: Protocol
+    hparams: dict = field(default_factory=dict)
+    teacher: dict | None = None  # {"run": id, "arch": name} or {"sha256": ..., "arch": name}; None without teacher
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunSpec":
+        return cls(data=DataSpec(**d["data"]), method=d["method"], student=d["student"], seed=d["seed"],
+                   protocol=Protocol(**d["protocol"]), hparams=d.get("hparams", {}), teacher=d.get("teacher"))
+
+    @property
+    def run_id(self) -> str:
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def describe(self) -> str:
+        return f"{self.data.label} {self.method} {self.student} seed={self.seed} [{self.run_id}]"
+
+
+def derive_seed(*parts) -> int:
+    """A 63-bit seed from any tuple of parts (e.g. (seed, 'init', arch)), stable across processes."""
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1

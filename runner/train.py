@@ -1,0 +1,314 @@
+"""One run: build the networks, train through the method's stages, evaluate every epoch, checkpoint, finish.
+
+Resuming is exact: the checkpoint holds every weight, buffer, optimiser state and RNG state, and the batch
+stream depends only on (seed, epoch), so a run killed at any point and resumed ends with the same metrics as
+one never interrupted (in deterministic mode; on CPU that is the default behaviour of the kernels used).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import time
+import traceback
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from data import TestLoader, TrainLoader, dataset_info, load_splits
+from methods import get_method
+from methods.base import Context, StepInfo
+from models import build_model, count_parameters
+from models.pretrained import file_sha256, load_teacher
+
+from .errors import UserError
+from .evaluate import evaluate
+from .folder import RunFolder
+from .spec import DataSpec, RunSpec, derive_seed
+from .store import CorruptFile, load_checked, save_checked, write_atomic, write_json_checked
+
+
+class Diverged(Exception):
+    """A loss became NaN or infinite."""
+
+
+@dataclass
+class RunEnv:
+    """Where and how a run executes; nothing here changes its result (not part of the run id)."""
+
+    results_dir: str = "results"
+    data_dir: str | None = None
+    download: bool = False
+    device: str = "cpu"
+    deterministic: bool = False
+    test_batch_size: int = 1000
+    log: Callable[[str], None] = field(default=print)
+
+
+def set_deterministic(on: bool) -> None:
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = not on
+    torch.backends.cudnn.deterministic = on
+
+
+@lru_cache(maxsize=4)
+def cached_splits(data: DataSpec, data_dir: str | None, download: bool):
+    return load_splits(data.dataset, data.source, data_dir, download, data.train_size, data.test_size)
+
+
+def build_student(arch: str, num_classes: int, seed: int):
+    """Same (arch, classes, seed) -> same initial weights, whichever method trains them."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, "init", arch, num_classes))
+        return build_model(arch, num_classes)
+
+
+def teacher_path(spec: RunSpec, info: dict, results_dir: str) -> Path | None:
+    if spec.teacher is None:
+        return None
+    if "run" in spec.teacher:
+        return RunFolder(results_dir, spec.teacher["run"]).model
+    return Path(info["teacher_path"])
+
+
+def _rng_state(method) -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if method.ctx.generator is not None:
+        state["method"] = method.ctx.generator.get_state()
+    return state
+
+
+def _set_rng_state(method, state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "method" in state:
+        method.ctx.generator.set_state(state["method"])
+
+
+def make_optimizer(params, protocol, stage):
+    settings = dict(lr=stage.lr_at(0), momentum=protocol.momentum, nesterov=protocol.nesterov,
+                    weight_decay=protocol.weight_decay)
+    settings.update(dict(stage.optimizer))
+    return torch.optim.SGD(params, **settings)
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Best (per-k maximum over epochs, as the paper collects 'the highest top-k accuracy') and last epoch."""
+    out = {}
+    for k in range(1, 6):
+        values = [r["test"][f"top{k}"] for r in rows]
+        out[f"best_top{k}"] = max(values)
+        out[f"last_top{k}"] = values[-1]
+    out["best_epoch"] = 1 + max(range(len(rows)), key=lambda i: rows[i]["test"]["top1"])
+    return out
+
+
+def build_method(name: str, hparams: dict, student, teacher, ctx: Context, probe_x: torch.Tensor):
+    """Instantiate a method and build its extra modules from one dry-run forward (eval mode, so no BatchNorm
+    statistics move). Extra modules are initialised from (seed, method): identical across resumes."""
+    method = get_method(name)(student, teacher, hparams, ctx)
+    with torch.no_grad():
+        student.eval()
+        _, s_feats = student(probe_x)
+        t_feats = teacher(probe_x)[1] if teacher is not None else None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(ctx.seed, "extra", name))
+        method.setup(s_feats, t_feats)
+    method.extra.to(ctx.device)
+    return method
+
+
+class Run:
+    def __init__(self, spec: RunSpec, env: RunEnv, info: dict | None = None):
+        self.spec, self.env = spec, env
+        self.folder = RunFolder(env.results_dir, spec.run_id)
+        self.info = dict(info or {})
+        self.device = torch.device(env.device)
+
+    def log(self, msg: str) -> None:
+        line = f"[{self.spec.run_id} {self.spec.method}] {msg}"
+        self.env.log(line)
+        with open(self.folder.log, "a") as f:
+            f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + line + "\n")
+
+    # ---- set-up --------------------------------------------------------------------------------------------
+    def _write_spec(self) -> None:
+        self.folder.path.mkdir(parents=True, exist_ok=True)
+        record = {"run_id": self.spec.run_id, "spec": self.spec.to_dict(), "info": self.info}
+        if self.folder.spec_json.exists():
+            old = json.loads(self.folder.spec_json.read_text())
+            if old["spec"] != record["spec"]:
+                raise UserError(f"{self.folder.spec_json} holds another spec: the results folder is damaged")
+            self.info = {**old.get("info", {}), **self.info}
+            record["info"] = self.info
+        write_atomic(self.folder.spec_json, json.dumps(record, indent=1, sort_keys=True).encode())
+
+    def _build(self):
+        spec, info_ds = self.spec, dataset_info(self.spec.data.dataset)
+        norm = (info_ds.mean, info_ds.std)
+        train, test = cached_splits(spec.data, self.env.data_dir, self.env.download)
+        student = build_student(spec.student, info_ds.num_classes, spec.seed).to(self.device)
+        teacher = None
+        path = teacher_path(spec, self.info, self.env.results_dir)
+        if path is not None:
+            sha = file_sha256(path) if path.is_file() else None
+            expected = spec.teacher.get("sha256") or self.info.get("teacher_sha256")
+            if sha is None:
+                raise UserError(f"teacher model {path} is missing: finish the teacher run first "
+                                "(python benchmark.py --all plans it) or pass --teacher-checkpoint")
+            if expected and sha != expected:
+                raise UserError(f"teacher model {path} changed since this run started (sha256 {sha[:12]} != "
+                                f"{expected[:12]}): delete this run folder to retrain against the new teacher")
+            self.info["teacher_sha256"] = sha
+            teacher, _ = load_teacher(path, info_ds.num_classes, norm)
+            teacher = teacher.to(self.device)
+        gen = torch.Generator(device="cpu").manual_seed(derive_seed(spec.seed, "method", spec.method))
+        ctx = Context(num_classes=info_ds.num_classes, dataset=spec.data.dataset, seed=spec.seed,
+                      device=self.device, train_labels=train.labels.to(self.device),
+                      epochs=spec.protocol.epochs, generator=gen)
+        probe = next(iter(TestLoader(test, 2, *norm, device=self.device))).x
+        method = build_method(spec.method, spec.hparams, student, teacher, ctx, probe)
+        p = spec.protocol
+        self.train_loader = TrainLoader(train, p.batch_size, *norm, seed=spec.seed, device=self.device,
+                                        padding=p.padding, pad_mode=p.pad_mode, flip=p.flip)
+        self.test_loader = TestLoader(test, self.env.test_batch_size, *norm, device=self.device)
+        self.norm = norm
+        self.method = method
+
+    # ---- the loop ------------------------------------------------------------------------------------------
+    def _resume(self):
+        """(epochs done, rows, optimizer state) from a good checkpoint, or a fresh start."""
+        if not self.folder.ckpt.exists():
+            return 0, [], None
+        try:
+            ckpt = load_checked(self.folder.ckpt, map_location=self.device)
+        except (CorruptFile, Exception) as e:  # a damaged checkpoint is never trusted: start over
+            self.log(f"checkpoint unusable ({e}); restarting the run from scratch")
+            self.folder.ckpt.unlink()
+            return 0, [], None
+        self.method.student.load_state_dict(ckpt["student"])
+        self.method.load_state_dict(ckpt["method"])
+        _set_rng_state(self.method, ckpt["rng"])
+        self.log(f"resumed after epoch {ckpt['epoch']}")
+        return ckpt["epoch"], ckpt["rows"], ckpt["optimizer"]
+
+    def _save(self, epoch: int, rows: list[dict], optimizer) -> None:
+        save_checked({"epoch": epoch, "rows": rows, "student": self.method.student.state_dict(),
+                      "method": self.method.state_dict(), "optimizer": optimizer.state_dict(),
+                      "rng": _rng_state(self.method)}, self.folder.ckpt)
+        write_atomic(self.folder.epochs, "".join(json.dumps(r) + "\n" for r in rows).encode())
+
+    def _train_epoch(self, epoch, total, stage, stage_epoch, optimizer) -> tuple[dict, float]:
+        method = self.method
+        method.train(True)
+        sums, correct, seen = {}, torch.zeros((), device=self.device), 0
+        info = StepInfo(epoch, total, stage, stage_epoch)
+        for step, batch in enumerate(self.train_loader.epoch(epoch)):
+            info.step = step
+            losses = method.train_step(batch, info, optimizer)
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v
+            seen += len(batch.y)
+        means = {k: float(v) / len(self.train_loader) for k, v in sums.items()}
+        bad = {k: v for k, v in means.items() if not np.isfinite(v)}
+        if bad:
+            raise Diverged(f"loss diverged at epoch {epoch + 1}: {bad}")
+        return means, seen
+
+    def execute(self) -> dict:
+        spec = self.spec
+        self._write_spec()
+        done = self.folder.read_final()
+        if done is not None and done.get("status") == "done":
+            return done
+        set_deterministic(self.env.deterministic)
+        self._build()
+        stages = self.method.stages(spec.protocol)
+        starts = np.cumsum([0] + [s.epochs for s in stages]).tolist()
+        total = starts[-1]
+        epoch, rows, opt_state = self._resume()
+        optimizer, opt_stage = None, None
+        self.log(f"training {spec.student} on {spec.data.label}: {total} epochs in stages "
+                 f"{[(s.name, s.epochs) for s in stages]}")
+        while epoch < total:
+            si = max(i for i in range(len(stages)) if starts[i] <= epoch)
+            stage, stage_epoch = stages[si], epoch - starts[si]
+            if opt_stage != si:
+                optimizer = make_optimizer(self.method.stage_parameters(stage), spec.protocol, stage)
+                if opt_state is not None and stage_epoch > 0:
+                    optimizer.load_state_dict(opt_state)
+                opt_state, opt_stage = None, si
+            lr = stage.lr_at(stage_epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            t0 = time.perf_counter()
+            losses, _ = self._train_epoch(epoch, total, stage, stage_epoch, optimizer)
+            train_time = time.perf_counter() - t0
+            test = evaluate(self.method.eval_model(), self.test_loader)
+            rows.append({"epoch": epoch + 1, "stage": stage.name, "lr": lr, "losses": losses, "test": test,
+                         "train_time": round(train_time, 3)})
+            epoch += 1
+            self._save(epoch, rows, optimizer)
+            loss_txt = " ".join(f"{k}={v:.4g}" for k, v in losses.items())
+            self.log(f"epoch {epoch}/{total} [{stage.name}] lr={lr:g} {loss_txt} top1={test['top1']:.2f} "
+                     f"({train_time:.1f}s)")
+        return self._finish(rows)
+
+    def _finish(self, rows: list[dict]) -> dict:
+        model = self.method.eval_model()
+        save_model(model, self.spec.student, self.method.ctx.num_classes, self.norm, self.folder.model)
+        record = {
+            "status": "done", "run_id": self.spec.run_id, "dataset": self.spec.data.label,
+            "method": self.spec.method, "seed": self.spec.seed, "student": self.spec.student,
+            "teacher": (self.spec.teacher or {}).get("arch"), "teacher_sha256": self.info.get("teacher_sha256"),
+            "epochs": len(rows), **summarize(rows),
+            "params": count_parameters(model),
+            "extra_params": sum(p.numel() for p in self.method.extra.parameters()),
+            "train_time_s": round(sum(r["train_time"] for r in rows), 2),
+            "model_sha256": file_sha256(self.folder.model),
+        }
+        write_json_checked(self.folder.final, record)
+        self.folder.ckpt.unlink(missing_ok=True)
+        self.log(f"done: best top1 {record['best_top1']:.2f}, last top1 {record['last_top1']:.2f}")
+        return record
+
+
+def save_model(model, arch, num_classes, norm, path: Path) -> None:
+    """The deliverable of a run, loadable as a teacher by `models.pretrained.load_teacher`."""
+    buf = io.BytesIO()
+    torch.save({"format": "kd-bench-model", "arch": arch, "num_classes": num_classes,
+                "state_dict": model.state_dict(), "input_norm": norm}, buf)
+    write_atomic(path, buf.getvalue())
+
+
+def execute(spec: RunSpec, env: RunEnv, info: dict | None = None) -> dict:
+    """Run (or resume, or skip if done) one spec. A divergence or crash is recorded as FAILED with its reason;
+    a bad input (UserError) is raised without recording anything as a result."""
+    run = Run(spec, env, info)
+    try:
+        return run.execute()
+    except UserError:
+        raise
+    except (Diverged, Exception) as e:
+        reason = str(e) if isinstance(e, Diverged) else f"{type(e).__name__}: {e}"
+        if run.folder.path.exists():
+            run.log(f"FAILED: {reason}")
+            if not isinstance(e, Diverged):
+                with open(run.folder.log, "a") as f:
+                    f.write(traceback.format_exc())
+            write_json_checked(run.folder.final, {"status": "failed", "run_id": spec.run_id, "error": reason,
+                                                  "method": spec.method, "dataset": spec.data.label,
+                                                  "seed": spec.seed, "student": spec.student})
+        return {"status": "failed", "run_id": spec.run_id, "error": reason}
