@@ -13,8 +13,24 @@ REGISTRY: dict[str, str] = {
     "ce": "methods.ce:CE",
     "logits": "methods.logits:Logits",
     "st": "methods.st:SoftTarget",
-    # >>> paper methods (keep the paper's order)
-    # <<< paper methods
+    # "at": "methods.at:AT",
+    # "fitnet": "methods.fitnet:FitNet",
+    # "nst": "methods.nst:NST",
+    # "pkt": "methods.pkt:PKT",
+    # "fsp": "methods.fsp:FSP",
+    # "ft": "methods.ft:FT",
+    # "rkd": "methods.rkd:RKD",
+    # "ab": "methods.ab:AB",
+    # "sp": "methods.sp:SP",
+    # "sobolev": "methods.sobolev:Sobolev",
+    # "bss": "methods.bss:BSS",
+    # "cc": "methods.cc:CC",
+    # "irg": "methods.irg:IRG",
+    # "vid": "methods.vid:VID",
+    # "ofd": "methods.ofd:OFD",
+    # "afd": "methods.afd:AFD",
+    # "crd": "methods.crd:CRD",
+    # "dml": "methods.dml:DML",
 }
 
 
