@@ -1,0 +1,1 @@
+"""Reporting: the summary CSV and the tables, always rebuilt from the run folders."""

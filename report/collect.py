@@ -1,0 +1,59 @@
+"""`collect`: rebuild `results/<data>/summary.csv` from the run folders (never appended to), one row per run."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from runner.folder import State, iter_folders
+
+COLUMNS = ["dataset", "method", "seed", "student", "teacher", "status",
+           *[f"best_top{k}" for k in range(1, 6)], *[f"last_top{k}" for k in range(1, 6)],
+           "best_epoch", "epochs", "params", "extra_params", "train_time_s", "run_id", "error"]
+
+
+def run_rows(results_dir: str | Path) -> pd.DataFrame:
+    rows = []
+    for folder in iter_folders(results_dir):
+        spec, _ = folder.read_spec()
+        state = folder.state()
+        row = {"dataset": spec.data.label, "method": spec.method, "seed": spec.seed, "student": spec.student,
+               "teacher": (spec.teacher or {}).get("arch"), "status": state.value, "run_id": folder.run_id}
+        if state in (State.DONE, State.FAILED):
+            final = folder.read_final()
+            row.update({k: v for k, v in final.items() if k in COLUMNS and k not in ("status", "dataset")})
+        elif state == State.PARTIAL:
+            row["epochs"] = len(folder.read_epochs())
+        rows.append(row)
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+
+
+def write_summaries(results_dir: str | Path) -> dict[str, Path]:
+    df = run_rows(results_dir)
+    written = {}
+    for label, part in df.groupby("dataset", sort=True):
+        out = Path(results_dir) / label / "summary.csv"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        part.sort_values(["method", "seed", "student"]).to_csv(out, index=False)
+        written[label] = out
+    return written
+
+
+def markdown_overview(df: pd.DataFrame) -> str:
+    """A first look: one line per (dataset, method, student), mean over seeds, with n and status counts."""
+    if df.empty:
+        return "(no runs)"
+    done = df[df.status == "DONE"]
+    groups = df.groupby(["dataset", "method", "student"], sort=False)
+    lines = []
+    for (label, method, student), part in groups:
+        d = done[(done.dataset == label) & (done.method == method) & (done.student == student)]
+        fmt = lambda col: (f"{d[col].mean():.2f} ± {d[col].std(ddof=1):.2f}" if len(d) > 1
+                           else f"{d[col].mean():.2f}" if len(d) else "-")
+        lines.append({"data": label, "method": method, "model": student, "n": len(d),
+                      "best top-1": fmt("best_top1"), "last top-1": fmt("last_top1"),
+                      "best top-5": fmt("best_top5"),
+                      "status": ", ".join(f"{s} {c}" for s, c in part.status.value_counts().items())})
+    return pd.DataFrame(lines).to_markdown(index=False)

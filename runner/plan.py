@@ -1,0 +1,120 @@
+"""Planning: from the command line to an ordered list of runs (teacher -> student baseline and methods).
+
+A plan is pure: it only builds specs. Whether a run is NEW, PARTIAL or DONE follows from its folder, so
+planning twice gives the same run ids and a second `--all` launches nothing that is done.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from data import dataset_info
+from methods import get_method, method_names
+from models import MODELS
+from models.pretrained import file_sha256, load_teacher
+
+from .errors import UserError
+from .spec import DataSpec, Protocol, RunSpec
+
+PRESETS_FILE = Path(__file__).resolve().parents[1] / "configs" / "presets.yaml"
+
+
+def load_presets() -> dict:
+    return yaml.safe_load(PRESETS_FILE.read_text())
+
+
+@dataclass
+class PlannedRun:
+    spec: RunSpec
+    role: str                      # teacher | student
+    info: dict = field(default_factory=dict)  # unhashed: where a published teacher lives
+    depends: tuple[str, ...] = ()  # run ids that must be DONE first
+
+    @property
+    def run_id(self) -> str:
+        return self.spec.run_id
+
+
+@dataclass
+class PlanRequest:
+    dataset: str = "cifar10"
+    preset: str = "paper"
+    methods: list[str] | None = None  # None = every registered method
+    seeds: list[int] = field(default_factory=lambda: [0])
+    epochs: int | None = None
+    teacher_checkpoint: str | None = None
+    teacher: str | None = None
+    student: str | None = None
+    synthetic: bool | None = None
+    train_size: int | None = None
+    test_size: int | None = None
+    pad_mode: str | None = None
+
+
+def _check_model(name: str, role: str) -> None:
+    if name not in MODELS:
+        raise UserError(f"unknown {role} model {name!r}; known models: {', '.join(sorted(MODELS))}")
+
+
+def plan(req: PlanRequest) -> list[list[PlannedRun]]:
+    """Stages of runs: [teachers], [baselines + methods]. Each run depends only on runs of earlier stages."""
+    presets = load_presets()
+    if req.preset not in presets:
+        raise UserError(f"unknown preset {req.preset!r}; choose one of {', '.join(presets)}")
+    preset = presets[req.preset]
+    info_ds = dataset_info(req.dataset)
+    data_kw = dict(preset.get("data", {}))
+    if req.synthetic is not None:
+        data_kw["source"] = "synthetic" if req.synthetic else "disk"
+    for key in ("train_size", "test_size"):
+        if getattr(req, key) is not None:
+            data_kw[key] = getattr(req, key) or None
+    data = DataSpec(dataset=req.dataset, **data_kw)
+    protocol = Protocol(**preset["protocol"])
+    if req.epochs is not None:
+        if req.epochs < 1:
+            raise UserError("--epochs must be at least 1")
+        protocol = dataclasses.replace(protocol, epochs=req.epochs)
+    if req.pad_mode is not None:
+        protocol = dataclasses.replace(protocol, pad_mode=req.pad_mode)
+    teacher_overrides = dict(preset.get("teacher_protocol", {}))
+    if req.epochs is not None:
+        teacher_overrides.pop("epochs", None)
+    teacher_protocol = dataclasses.replace(protocol, **teacher_overrides)
+    student = req.student or preset["student"]
+    teacher_arch = req.teacher or preset["teacher"]
+    _check_model(student, "student")
+    methods = method_names() if req.methods is None else req.methods
+    classes = [get_method(m) for m in methods]  # raises on an unknown name before anything runs
+
+    published = None
+    if req.teacher_checkpoint:
+        model, arch = load_teacher(req.teacher_checkpoint, info_ds.num_classes, (info_ds.mean, info_ds.std))
+        del model
+        published = {"sha256": file_sha256(req.teacher_checkpoint), "arch": arch}
+    else:
+        _check_model(teacher_arch, "teacher")
+
+    teachers, students = [], []
+    for seed in req.seeds:
+        if published:
+            teacher_ref, depends = dict(published), ()
+            t_info = {"teacher_path": str(Path(req.teacher_checkpoint).resolve())}
+        else:
+            t_spec = RunSpec(data=data, method="ce", student=teacher_arch, seed=seed, protocol=teacher_protocol)
+            teachers.append(PlannedRun(t_spec, "teacher"))
+            teacher_ref, depends, t_info = {"run": t_spec.run_id, "arch": teacher_arch}, (t_spec.run_id,), {}
+        students.append(PlannedRun(RunSpec(data=data, method="ce", student=student, seed=seed,
+                                           protocol=protocol), "student"))
+        for name, cls in zip(methods, classes):
+            if name == "ce":
+                continue
+            hp = cls.resolve_hparams({}, req.dataset)
+            spec = RunSpec(data=data, method=name, student=student, seed=seed, protocol=protocol, hparams=hp,
+                           teacher=teacher_ref if cls.needs_teacher else None)
+            students.append(PlannedRun(spec, "student", t_info if cls.needs_teacher else {},
+                                       depends if cls.needs_teacher else ()))
+    return [stage for stage in (teachers, students) if stage]
