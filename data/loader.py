@@ -90,7 +90,7 @@ class TrainLoader:
             yield Batch(self.normalize(crop), self.labels[idx], idx)
 
 
-class TestLoader:
+class EvalLoader:
     """Fixed-order, unaugmented batches (test = normalise only)."""
 
     def __init__(self, split: Split, batch_size: int, mean, std, device="cpu"):

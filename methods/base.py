@@ -72,7 +72,7 @@ def main_stage(protocol) -> Stage:
     e = protocol.epochs
     steps = [(0, protocol.lr)]
     for frac_start, div in ((0.5, 10), (0.75, 100)):
-        steps.append((int(round(e * frac_start)), protocol.lr / div))
+        steps.append((max(1, int(e * frac_start)), protocol.lr / div))
     return Stage("main", e, tuple(steps))
 
 

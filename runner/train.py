@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from data import TestLoader, TrainLoader, dataset_info, load_splits
+from data import EvalLoader, TrainLoader, dataset_info, load_splits
 from methods import get_method
 from methods.base import Context, StepInfo
 from models import build_model, count_parameters
@@ -178,12 +178,12 @@ class Run:
         ctx = Context(num_classes=info_ds.num_classes, dataset=spec.data.dataset, seed=spec.seed,
                       device=self.device, train_labels=train.labels.to(self.device),
                       epochs=spec.protocol.epochs, generator=gen)
-        probe = next(iter(TestLoader(test, 2, *norm, device=self.device))).x
+        probe = next(iter(EvalLoader(test, 2, *norm, device=self.device))).x
         method = build_method(spec.method, spec.hparams, student, teacher, ctx, probe)
         p = spec.protocol
         self.train_loader = TrainLoader(train, p.batch_size, *norm, seed=spec.seed, device=self.device,
                                         padding=p.padding, pad_mode=p.pad_mode, flip=p.flip)
-        self.test_loader = TestLoader(test, self.env.test_batch_size, *norm, device=self.device)
+        self.test_loader = EvalLoader(test, self.env.test_batch_size, *norm, device=self.device)
         self.norm = norm
         self.method = method
 

@@ -1,0 +1,95 @@
+"""The command line: planning, idempotent sweeps, status, collect, and clear errors (exit 2) on bad input."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+import benchmark
+from conftest import ROOT, shared_path
+from methods import REGISTRY, get_method
+
+TINY = ["--preset", "smoke", "--teacher", "resnet8", "--epochs", "1", "--train-size", "128", "--test-size", "64"]
+
+
+def cli(*args, results=None):
+    extra = ["--results-dir", str(results)] if results else []
+    return benchmark.main([*args, *extra])
+
+
+def test_list_names_every_registered_method(capsys):
+    assert cli("--list") == 0
+    out = capsys.readouterr().out
+    for name in REGISTRY:
+        cls = get_method(name)
+        line = next(l for l in out.splitlines() if l.split()[0] == name)
+        assert cls.kind in line and cls.description in line and cls.paper in line
+
+
+def test_sweep_is_idempotent_and_collected(tmp_path, capsys):
+    assert cli("--methods", "logits,st", *TINY, results=tmp_path) == 0
+    runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert len(runs) == 4  # teacher, student baseline, logits, st
+    summary = pd.read_csv(next(tmp_path.glob("*/summary.csv")))
+    assert sorted(summary.method) == ["ce", "ce", "logits", "st"]
+    assert set(summary.status) == {"DONE"}
+    assert (summary.best_top1 >= summary.last_top1).all()
+    finals = {p: (p / "final.json").stat().st_mtime_ns for p in (tmp_path / "runs").iterdir()}
+    capsys.readouterr()
+    assert cli("--methods", "logits,st", *TINY, results=tmp_path) == 0
+    assert "training" not in capsys.readouterr().out, "a second sweep trains nothing"
+    assert finals == {p: (p / "final.json").stat().st_mtime_ns for p in finals}
+    assert cli("status", "--methods", "logits,st", *TINY, results=tmp_path) == 0
+    assert "DONE 4" in capsys.readouterr().out
+
+
+def test_local_launcher_runs_students_in_worker_processes(tmp_path, capsys):
+    assert cli("--methods", "st", *TINY, "--launcher", "local", "--workers", "2", results=tmp_path) == 0
+    out = capsys.readouterr().out
+    assert "local pool: 2 worker(s)" in out
+    summary = pd.read_csv(next(tmp_path.glob("*/summary.csv")))
+    assert len(summary) == 3 and set(summary.status) == {"DONE"}
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--methods", "nosuch"], "unknown method 'nosuch'"),
+    (["--all", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    (["--all", "--preset", "fast"], "unknown preset 'fast'"),
+    (["--all", "--student", "resnet21"], "unknown student model 'resnet21'"),
+    (["--all", "--data-dir", "/nonexistent"], "--download"),
+])
+def test_bad_input_exits_2_with_a_message(tmp_path, capsys, args, message):
+    assert cli(*args, results=tmp_path) == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.glob("runs/*/final.json")), "nothing is recorded as a result"
+
+
+def test_teacher_for_other_classes_exits_2(tmp_path, capsys):
+    ckpt = shared_path("weights", "akamaster_cifar10_resnet20-12fca82f.th")
+    code = cli("--all", "--dataset", "cifar100", "--teacher-checkpoint", str(ckpt), results=tmp_path)
+    assert code == 2
+    assert "predicts 10 classes but the dataset has 100" in capsys.readouterr().err
+
+
+def test_unwritable_results_folder_exits_2(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert cli("--methods", "st", *TINY, results=blocker / "results") == 2
+    assert "not writable" in capsys.readouterr().err
+
+
+def test_published_teacher_is_used_without_training_one(tmp_path, capsys):
+    ckpt = shared_path("weights", "akamaster_cifar10_resnet20-12fca82f.th")
+    args = ["--methods", "st", "--preset", "smoke", "--epochs", "1", "--train-size", "128", "--test-size", "64",
+            "--teacher-checkpoint", str(ckpt)]
+    assert cli(*args, results=tmp_path) == 0
+    summary = pd.read_csv(next(tmp_path.glob("*/summary.csv")))
+    assert sorted(summary.method) == ["ce", "st"]
+    assert summary.set_index("method").loc["st", "teacher"] == "resnet20_a"
+
+
+def test_console_entry_point_runs():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmark.py"), "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--teacher-checkpoint" in out.stdout
