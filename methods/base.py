@@ -8,6 +8,7 @@ override `train_step`; nothing method-specific lives in the runner.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -68,11 +69,15 @@ class Context:
 
 
 def main_stage(protocol) -> Stage:
-    """The paper's schedule: lr divided by 10 at 50% and 75% of the epochs."""
+    """The paper's schedule: lr divided by 10 once 50% and once 75% of the epochs are done.
+
+    Epoch i (0-based) starts after i/E of training, so a drop 'at 50%' applies from the first epoch with
+    i >= 0.5 E: epochs 100 and 150 of 200, as the reference; short runs never skip a step (2 epochs: 0.1, 0.01).
+    """
     e = protocol.epochs
     steps = [(0, protocol.lr)]
     for frac_start, div in ((0.5, 10), (0.75, 100)):
-        steps.append((max(1, int(e * frac_start)), protocol.lr / div))
+        steps.append((max(1, math.ceil(e * frac_start)), protocol.lr / div))
     return Stage("main", e, tuple(steps))
 
 

@@ -34,7 +34,7 @@ def test_run_records_and_skip_when_done(tmp_path):
     assert rec["status"] == "done" and folder.state() == State.DONE
     rows = folder.read_epochs()
     assert [r["epoch"] for r in rows] == [1, 2, 3]
-    assert [r["lr"] for r in rows] == pytest.approx([0.1, 0.01, 0.001])  # /10 at 50% and 75% of 3 epochs
+    assert [r["lr"] for r in rows] == pytest.approx([0.1, 0.1, 0.01])  # /10 once 50% and 75% are done
     assert set(rows[0]["test"]) == {f"top{k}" for k in range(1, 6)}
     assert rec["best_top1"] == max(r["test"]["top1"] for r in rows)
     assert rec["last_top5"] == rows[-1]["test"]["top5"]
