@@ -66,6 +66,7 @@ class Context:
     train_labels: torch.Tensor  # labels of the training split, indexed by Batch.idx (CRD's negatives)
     epochs: int                 # the protocol's main-stage epochs: stage lengths scale with it
     generator: torch.Generator | None = None  # the method's own randomness, seeded from (seed, method)
+    extra_teachers: dict = field(default_factory=dict)  # arch -> frozen model, for `teacher_archs` (EKD)
 
 
 def main_stage(protocol) -> Stage:
@@ -112,6 +113,18 @@ class Method:
                 p.requires_grad_(False)
 
     # ---- construction -------------------------------------------------------------------------------------
+    @classmethod
+    def student_arch(cls, hparams: dict, student: str) -> str:
+        """The network this method trains, given the benchmark's student (e.g. OEC-KD turns `resnet20` into its
+        multi-branch version). Most methods train the student as it is."""
+        return student
+
+    @classmethod
+    def teacher_archs(cls, hparams: dict) -> list[str]:
+        """Architectures of additional pretrained teachers this method needs (planned as CE teacher runs of the
+        same data and seed, loaded into `ctx.extra_teachers`). Most methods need none."""
+        return []
+
     @classmethod
     def resolve_hparams(cls, overrides: dict, dataset: str) -> dict:
         """The full hyperparameters of a run (they go into the run id). Override for per-dataset defaults."""
@@ -174,3 +187,8 @@ class Method:
     def eval_model(self) -> nn.Module:
         """The network whose accuracy is the method's result (the student by default)."""
         return self.student
+
+    def member_models(self) -> dict[str, nn.Module]:
+        """Further networks a run delivers and the tables show as rows of their own, named `<method>-<key>`
+        (OEC-KD's students, a multi-branch student's branches). Evaluated every epoch like the main one."""
+        return {}

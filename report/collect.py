@@ -7,7 +7,7 @@ import pandas as pd
 
 from runner.folder import State, iter_folders
 
-COLUMNS = ["dataset", "method", "seed", "student", "teacher", "status",
+COLUMNS = ["dataset", "method", "role", "seed", "student", "teacher", "status",
            *[f"best_top{k}" for k in range(1, 6)], *[f"last_top{k}" for k in range(1, 6)],
            "best_epoch", "epochs", "params", "extra_params", "train_time_s", "run_id", "error"]
 
@@ -15,16 +15,21 @@ COLUMNS = ["dataset", "method", "seed", "student", "teacher", "status",
 def run_rows(results_dir: str | Path) -> pd.DataFrame:
     rows = []
     for folder in iter_folders(results_dir):
-        spec, _ = folder.read_spec()
+        spec, info = folder.read_spec()
         state = folder.state()
-        row = {"dataset": spec.data.label, "method": spec.method, "seed": spec.seed, "student": spec.student,
-               "teacher": (spec.teacher or {}).get("arch"), "status": state.value, "run_id": folder.run_id}
-        if state in (State.DONE, State.FAILED):
-            final = folder.read_final()
+        row = {"dataset": spec.data.label, "method": spec.method, "role": info.get("role", "method"),
+               "seed": spec.seed, "student": spec.student, "teacher": (spec.teacher or {}).get("arch"),
+               "status": state.value, "run_id": folder.run_id}
+        final = folder.read_final() if state in (State.DONE, State.FAILED) else None
+        if final is not None:
             row.update({k: v for k, v in final.items() if k in COLUMNS and k not in ("status", "dataset")})
         elif state == State.PARTIAL:
             row["epochs"] = len(folder.read_epochs())
         rows.append(row)
+        # networks a run delivers besides its main one (e.g. OEC-KD's students) get rows of their own
+        for key, member in ((final or {}).get("members") or {}).items():
+            rows.append({**row, **{k: v for k, v in member.items() if k in COLUMNS},
+                         "method": f"{spec.method}-{key}", "role": "member"})
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

@@ -105,16 +105,31 @@ def plan(req: PlanRequest) -> list[list[PlannedRun]]:
             t_info = {"teacher_path": str(Path(req.teacher_checkpoint).resolve())}
         else:
             t_spec = RunSpec(data=data, method="ce", student=teacher_arch, seed=seed, protocol=teacher_protocol)
-            teachers.append(PlannedRun(t_spec, "teacher"))
+            teachers.append(PlannedRun(t_spec, "teacher", {"role": "teacher"}))
             teacher_ref, depends, t_info = {"run": t_spec.run_id, "arch": teacher_arch}, (t_spec.run_id,), {}
         students.append(PlannedRun(RunSpec(data=data, method="ce", student=student, seed=seed,
-                                           protocol=protocol), "student"))
+                                           protocol=protocol), "student", {"role": "student"}))
+        extra_teachers = {}  # arch -> teacher run, shared by every method of this seed that needs it
         for name, cls in zip(methods, classes):
             if name == "ce":
                 continue
             hp = cls.resolve_hparams({}, req.dataset)
-            spec = RunSpec(data=data, method=name, student=student, seed=seed, protocol=protocol, hparams=hp,
-                           teacher=teacher_ref if cls.needs_teacher else None)
-            students.append(PlannedRun(spec, "student", t_info if cls.needs_teacher else {},
-                                       depends if cls.needs_teacher else ()))
+            teacher, run_depends = (dict(teacher_ref), depends) if cls.needs_teacher else (None, ())
+            archs = cls.teacher_archs(hp)
+            if archs:
+                for arch in archs:
+                    _check_model(arch, "teacher")
+                    if arch not in extra_teachers:
+                        extra_teachers[arch] = RunSpec(data=data, method="ce", student=arch, seed=seed,
+                                                       protocol=teacher_protocol)
+                        if all(t.run_id != extra_teachers[arch].run_id for t in teachers):
+                            teachers.append(PlannedRun(extra_teachers[arch], "teacher", {"role": "teacher"}))
+                teacher = dict(teacher or {}, extra=[{"run": extra_teachers[a].run_id, "arch": a} for a in archs])
+                run_depends = tuple(run_depends) + tuple(extra_teachers[a].run_id for a in archs)
+            arch = cls.student_arch(hp, student)
+            _check_model(arch, f"{name} student")
+            spec = RunSpec(data=data, method=name, student=arch, seed=seed, protocol=protocol, hparams=hp,
+                           teacher=teacher)
+            students.append(PlannedRun(spec, "student", {**(t_info if cls.needs_teacher else {}), "role": "method"},
+                                       run_depends))
     return [stage for stage in (teachers, students) if stage]

@@ -75,7 +75,9 @@ def teacher_path(spec: RunSpec, info: dict, results_dir: str) -> Path | None:
         return None
     if "run" in spec.teacher:
         return RunFolder(results_dir, spec.teacher["run"]).model
-    return Path(info["teacher_path"])
+    if "sha256" in spec.teacher:
+        return Path(info["teacher_path"])
+    return None  # only extra teachers
 
 
 def _rng_state(method) -> dict:
@@ -174,10 +176,16 @@ class Run:
             self.info["teacher_sha256"] = sha
             teacher, _ = load_teacher(path, info_ds.num_classes, norm)
             teacher = teacher.to(self.device)
+        extra_teachers = {}
+        for ref in (spec.teacher or {}).get("extra", []):
+            t_path = RunFolder(self.env.results_dir, ref["run"]).model
+            if not t_path.is_file():
+                raise UserError(f"teacher model {t_path} ({ref['arch']}) is missing: finish that teacher run first")
+            extra_teachers[ref["arch"]] = load_teacher(t_path, info_ds.num_classes, norm)[0].to(self.device)
         gen = torch.Generator(device="cpu").manual_seed(derive_seed(spec.seed, "method", spec.method))
         ctx = Context(num_classes=info_ds.num_classes, dataset=spec.data.dataset, seed=spec.seed,
                       device=self.device, train_labels=train.labels.to(self.device),
-                      epochs=spec.protocol.epochs, generator=gen)
+                      epochs=spec.protocol.epochs, generator=gen, extra_teachers=extra_teachers)
         probe = next(iter(EvalLoader(test, 2, *norm, device=self.device))).x
         method = build_method(spec.method, spec.hparams, student, teacher, ctx, probe)
         p = spec.protocol
@@ -257,8 +265,12 @@ class Run:
             losses, _ = self._train_epoch(epoch, total, stage, stage_epoch, optimizer)
             train_time = time.perf_counter() - t0
             test = evaluate(self.method.eval_model(), self.test_loader)
-            rows.append({"epoch": epoch + 1, "stage": stage.name, "lr": lr, "losses": losses, "test": test,
-                         "train_time": round(train_time, 3)})
+            row = {"epoch": epoch + 1, "stage": stage.name, "lr": lr, "losses": losses, "test": test,
+                   "train_time": round(train_time, 3)}
+            members = self.method.member_models()
+            if members:
+                row["members"] = {k: evaluate(m, self.test_loader) for k, m in members.items()}
+            rows.append(row)
             epoch += 1
             self._save(epoch, rows, optimizer)
             loss_txt = " ".join(f"{k}={v:.4g}" for k, v in losses.items())
@@ -278,7 +290,13 @@ class Run:
             "extra_params": sum(p.numel() for p in self.method.extra.parameters()),
             "train_time_s": round(sum(r["train_time"] for r in rows), 2),
             "model_sha256": file_sha256(self.folder.model),
+            "role": self.info.get("role", "method"),
         }
+        members = self.method.member_models()
+        if members:
+            record["members"] = {
+                k: {**summarize([{"test": r["members"][k]} for r in rows]), "params": count_parameters(m)}
+                for k, m in members.items()}
         write_json_checked(self.folder.final, record)
         self.folder.ckpt.unlink(missing_ok=True)
         self.log(f"done: best top1 {record['best_top1']:.2f}, last top1 {record['last_top1']:.2f}")
