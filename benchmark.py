@@ -5,6 +5,8 @@
     python benchmark.py --all --preset smoke                # minutes on a CPU, synthetic data
     python benchmark.py status --all --preset smoke         # NEW / PARTIAL / DONE / FAILED
     python benchmark.py collect                             # rebuild results/<data>/summary.csv
+    python benchmark.py --all --launcher slurm --cluster-profile mycluster   # job arrays on a SLURM cluster
+    python benchmark.py cancel --all                        # scancel that sweep's queued and running jobs
     python benchmark.py --list                              # the registered methods
 """
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-COMMANDS = ("run", "status", "collect", "list")
+COMMANDS = ("run", "status", "collect", "list", "measure", "table", "plot", "cancel")
 
 
 def _csv(kind):
@@ -33,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="benchmark.py", description="kd-bench: knowledge-distillation benchmark on CIFAR-10/100 "
         "(Kang & Gwak 2020 protocol).", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("command", nargs="?", default="run", choices=COMMANDS,
-                   help="run (default): plan and launch; status; collect; list")
+                   help="run (default): plan and launch; status; collect (summary CSVs); list (methods); "
+                   "measure (time finished runs again on this machine); table; plot; cancel (the SLURM jobs "
+                   "of the planned runs)")
     what = p.add_argument_group("what to run")
     what.add_argument("--all", action="store_true", help="teacher, student baseline and every registered method")
     what.add_argument("--methods", type=_csv(str), help="comma-separated method names (the teacher and the "
@@ -48,6 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--teacher-checkpoint", help="use this published or earlier teacher (model.pt or an "
                       "akamaster-style .th) instead of training one")
     what.add_argument("--pad-mode", choices=("zeros", "reflect"), help="crop padding (paper: zeros)")
+    what.add_argument("--ensemble", type=_csv(str), action="append", default=[],
+                      help="an extra ensemble of methods, e.g. at,logits,st (repeatable); the paper's four "
+                      "are planned whenever their members are")
+    what.add_argument("--voting", default="logits", choices=("logits", "probs", "hard"),
+                      help="ensemble voting: summed logits (paper eq. 9, default), mean probabilities, majority")
+    rep = p.add_argument_group("reporting")
+    rep.add_argument("--select", default="best", choices=("best", "last"),
+                     help="tables: best epoch on the test split (as the paper) or last epoch")
+    rep.add_argument("--cifar10-label", help="tables: the results/<label> holding the CIFAR-10 column "
+                     "(default: the dataset planned by the other flags)")
+    rep.add_argument("--cifar100-label", help="tables: the results/<label> holding the CIFAR-100 column")
     data = p.add_argument_group("data")
     data.add_argument("--data-dir", default=os.environ.get("KDBENCH_DATA", "./datasets"),
                       help="folder with cifar-10-batches-py / cifar-100-python or array files (default "
@@ -58,15 +73,45 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--train-size", type=int, help="use a fixed subset of the training split")
     data.add_argument("--test-size", type=int, help="use a fixed subset of the test split")
     ex = p.add_argument_group("execution (not part of a run's identity)")
-    ex.add_argument("--launcher", default="debug", choices=("debug", "local"),
-                    help="debug: in this process (default); local: a pool of worker processes")
+    ex.add_argument("--launcher", default="debug", choices=("debug", "local", "slurm"),
+                    help="debug: in this process (default); local: one process per run, a pool of GPUs or "
+                    "CPU workers; slurm: job arrays through submitit (needs --cluster-profile)")
+    ex.add_argument("--retries", type=int, default=1,
+                    help="try a crashed run again at most this many times, from its last checkpoint, counted "
+                    "over every sweep (default 1; a divergence is never retried)")
     ex.add_argument("--workers", type=int, help="local launcher, CPU: number of worker processes")
     ex.add_argument("--gpus", type=_csv(int), help="local launcher: GPU ids (default: all visible with --device cuda)")
     ex.add_argument("--runs-per-gpu", type=int, default=1, help="local launcher: runs packed on each GPU")
     ex.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ex.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower on GPU)")
     ex.add_argument("--results-dir", default="results", help="where run folders and summaries live")
+    sl = p.add_argument_group("slurm launcher (settings from the cluster profile, these override it)")
+    sl.add_argument("--cluster-profile", help="slurm/profiles/<name>.yaml or a path to such a file "
+                    "(see slurm/profiles/example.yaml)")
+    sl.add_argument("--wait", action="store_true", help="stay until every submitted job has ended, then "
+                    "collect (default: submit and return; follow with `status`)")
+    sl.add_argument("--partition")
+    sl.add_argument("--account")
+    sl.add_argument("--qos")
+    sl.add_argument("--timeout-min", type=int, help="time limit of one job; longer runs requeue themselves")
+    sl.add_argument("--gpus-per-run", type=int)
+    sl.add_argument("--cpus-per-run", type=int)
+    sl.add_argument("--mem-gb", type=float)
+    sl.add_argument("--constraint")
+    sl.add_argument("--array-parallelism", type=int, help="at most this many runs of one array at once")
+    sl.add_argument("--slurm-set", action="append", metavar="KEY=VALUE",
+                    help="any other profile setting, e.g. --slurm-set setup='[module load cuda]' (repeatable)")
     return p
+
+
+def slurm_profile(args) -> dict:
+    from runner.slurm import load_profile, parse_set
+
+    overrides = parse_set(args.slurm_set)
+    overrides.update({k: getattr(args, k) for k in ("partition", "account", "qos", "timeout_min", "gpus_per_run",
+                                                      "cpus_per_run", "mem_gb", "constraint", "array_parallelism")
+                      if getattr(args, k) is not None})
+    return load_profile(args.cluster_profile, overrides)
 
 
 def plan_request(args):
@@ -77,7 +122,8 @@ def plan_request(args):
     return PlanRequest(dataset=args.dataset, preset=args.preset, methods=None if args.all else args.methods,
                        seeds=args.seeds, epochs=args.epochs, teacher_checkpoint=args.teacher_checkpoint,
                        teacher=args.teacher, student=args.student, synthetic=args.synthetic,
-                       train_size=args.train_size, test_size=args.test_size, pad_mode=args.pad_mode)
+                       train_size=args.train_size, test_size=args.test_size, pad_mode=args.pad_mode,
+                       ensembles=[tuple(c) for c in args.ensemble], voting=args.voting)
 
 
 def cmd_list(args) -> int:
@@ -108,19 +154,33 @@ def cmd_status(args) -> int:
     from runner.folder import RunFolder, State
     from runner.plan import plan
 
+    from runner.claims import claim_alive
+    from runner.claims import describe as describe_claim
+    from runner.slurm import slurm_status
+
     stages = plan(plan_request(args))
     counts = {s: 0 for s in State}
+    jobs = slurm_status(args.results_dir, [r.run_id for stage in stages for r in stage])
     for stage in stages:
         for run in stage:
             folder = RunFolder(args.results_dir, run.run_id)
             state = folder.state()
             counts[state] += 1
-            detail = ""
+            details = []
             if state == State.PARTIAL:
-                detail = f"epoch {len(folder.read_epochs())}"
+                details.append(f"epoch {len(folder.read_epochs())}")
+                holder = claim_alive(folder.path)
+                if holder is not None:
+                    details.append(f"running: {describe_claim(holder)}")
+                problem = folder.final_problem()
+                if problem:
+                    details.append(problem)
             elif state == State.FAILED:
-                detail = folder.read_final().get("error", "")
-            print(f"{state.value:<8} {run.role:<8} {run.spec.describe()} {detail}")
+                final = folder.read_final()
+                details.append(f"failed {final.get('failures', 1)}x: {final.get('error', '')}")
+            if run.run_id in jobs:
+                details.append(f"[SLURM {jobs[run.run_id]}]")
+            print(f"{state.value:<8} {run.role:<8} {run.spec.describe()} {' '.join(details)}".rstrip())
     print("  ".join(f"{s.value} {n}" for s, n in counts.items()))
     return 0
 
@@ -135,10 +195,89 @@ def cmd_collect(args) -> int:
     return 0
 
 
+def _labels(args) -> dict:
+    """Which results/<label> folders feed the CIFAR-10 and CIFAR-100 columns of the tables: by default the data
+    the other flags (preset, sizes, --synthetic) would train on."""
+    from runner.plan import PlanRequest, data_spec
+
+    def label(dataset):
+        return data_spec(PlanRequest(dataset=dataset, preset=args.preset, synthetic=args.synthetic,
+                                     train_size=args.train_size, test_size=args.test_size)).label
+
+    return {"cifar10": args.cifar10_label or label("cifar10"), "cifar100": args.cifar100_label or label("cifar100")}
+
+
+def cmd_table(args) -> int:
+    import pandas as pd
+
+    from report.collect import measurement_rows, run_rows
+    from report.tables import write_tables
+
+    labels = _labels(args)
+    out = Path(args.results_dir) / "tables"
+    paths = write_tables(run_rows(args.results_dir), measurement_rows(args.results_dir), labels, out, args.select)
+    for path in paths:
+        print(f"wrote {path}")
+    table1 = next((p for p in paths if Path(p).name == "table1.md"), None)
+    if table1:
+        print(Path(table1).read_text())
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from report.collect import measurement_rows, run_rows, training_curves
+    from report.plots import write_plots
+
+    label = _labels(args)[args.dataset]
+    summary = run_rows(args.results_dir)
+    summary = summary[summary.dataset == label]
+    meas = measurement_rows(args.results_dir)
+    if not meas.empty:
+        meas = meas[meas.dataset == label]
+    out = Path(args.results_dir) / label / "plots"
+    for path in write_plots(summary, meas, training_curves(args.results_dir, label), out):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_measure(args) -> int:
+    from runner.folder import RunFolder, iter_folders
+    from runner.measure import remeasure
+    from runner.train import RunEnv
+
+    env = RunEnv(results_dir=args.results_dir, data_dir=args.data_dir, download=args.download,
+                 device=args.device)
+    if args.all or args.methods:
+        from runner.plan import plan
+        folders = [RunFolder(args.results_dir, r.run_id) for stage in plan(plan_request(args)) for r in stage]
+    else:
+        folders = list(iter_folders(args.results_dir))
+    n = 0
+    for folder in folders:
+        rec = remeasure(folder, env)
+        if rec:
+            n += 1
+            print(f"{rec['method']:<16} seed {rec['seed']}  {rec['inference_time_s']:.3f} s  "
+                  f"{rec['params'] / 1e6:.3f} M params  {rec['device_name']}")
+    print(f"measured {n} finished run(s); rows are added to measurements.csv by collect")
+    return cmd_collect(args)
+
+
+def cmd_cancel(args) -> int:
+    from runner.plan import plan
+    from runner.slurm import cancel
+
+    stages = plan(plan_request(args))
+    cancel(args.results_dir, [r.run_id for stage in stages for r in stage])
+    return 0
+
+
 def cmd_run(args) -> int:
     from runner.launch import launch_debug, launch_local
     from runner.plan import plan
     from runner.train import RunEnv, cached_splits
+
+    from runner.errors import UserError
 
     stages = plan(plan_request(args))
     _check_results_dir(args.results_dir)
@@ -149,12 +288,23 @@ def cmd_run(args) -> int:
     n = sum(len(s) for s in stages)
     print(f"planned {n} runs on {data.label} ({', '.join(f'{len(s)} {s[0].role}s' for s in stages)}), "
           f"launcher {args.launcher}")
-    if args.launcher == "local":
-        records = launch_local(stages, env, workers=args.workers, gpus=args.gpus, runs_per_gpu=args.runs_per_gpu)
+    if args.retries < 0:
+        raise UserError("--retries must be 0 or more")
+    if args.launcher == "slurm":
+        from runner.slurm import launch_slurm
+
+        records = launch_slurm(stages, env, slurm_profile(args), retries=args.retries, wait=args.wait)
+        if not args.wait:
+            return 0
+    elif args.launcher == "local":
+        records = launch_local(stages, env, workers=args.workers, gpus=args.gpus, runs_per_gpu=args.runs_per_gpu,
+                               retries=args.retries)
     else:
-        records = launch_debug(stages, env)
+        records = launch_debug(stages, env, retries=args.retries)
     failed = [r for r in records if r["status"] != "done"]
     cmd_collect(args)
+    cmd_table(args)
+    cmd_plot(args)
     if failed:
         print(f"{len(failed)} run(s) did not finish: " + "; ".join(f"{r['run_id']}: {r.get('error')}"
                                                                  for r in failed), file=sys.stderr)
@@ -169,7 +319,9 @@ def main(argv=None) -> int:
     if args.list:
         args.command = "list"
     try:
-        return {"run": cmd_run, "status": cmd_status, "collect": cmd_collect, "list": cmd_list}[args.command](args)
+        commands = {"run": cmd_run, "status": cmd_status, "collect": cmd_collect, "list": cmd_list,
+                    "measure": cmd_measure, "table": cmd_table, "plot": cmd_plot, "cancel": cmd_cancel}
+        return commands[args.command](args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

@@ -6,6 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from runner.folder import State, iter_folders
+from runner.measure import read_measurements
 
 COLUMNS = ["dataset", "method", "role", "seed", "student", "teacher", "status",
            *[f"best_top{k}" for k in range(1, 6)], *[f"last_top{k}" for k in range(1, 6)],
@@ -35,13 +36,35 @@ def run_rows(results_dir: str | Path) -> pd.DataFrame:
 
 
 
+def measurement_rows(results_dir: str | Path) -> pd.DataFrame:
+    """Every measurement of every finished run, on every machine it was measured on."""
+    rows = [m for folder in iter_folders(results_dir) for m in read_measurements(folder.path)]
+    return pd.DataFrame(rows)
+
+
+def training_curves(results_dir: str | Path, label: str) -> dict[str, list[list[float]]]:
+    """method -> one list of per-epoch test top-1 per seed, for the training-curve plots."""
+    curves: dict[str, list[list[float]]] = {}
+    for folder in iter_folders(results_dir):
+        spec, info = folder.read_spec()
+        if spec.data.label != label or spec.method == "ensemble" or folder.state() != State.DONE:
+            continue
+        name = {"teacher": "teacher", "student": "student"}.get(info.get("role"), spec.method)
+        curves.setdefault(name, []).append([r["test"]["top1"] for r in folder.read_epochs()])
+    return curves
+
+
 def write_summaries(results_dir: str | Path) -> dict[str, Path]:
+    """`results/<data>/summary.csv` and `measurements.csv`, rebuilt from the run folders."""
     df = run_rows(results_dir)
+    meas = measurement_rows(results_dir)
     written = {}
     for label, part in df.groupby("dataset", sort=True):
         out = Path(results_dir) / label / "summary.csv"
         out.parent.mkdir(parents=True, exist_ok=True)
         part.sort_values(["method", "seed", "student"]).to_csv(out, index=False)
+        if not meas.empty:
+            meas[meas.dataset == label].to_csv(out.with_name("measurements.csv"), index=False)
         written[label] = out
     return written
 

@@ -30,8 +30,11 @@ class RunFolder:
     epochs = property(lambda self: self.path / "epochs.jsonl")
     ckpt = property(lambda self: self.path / "ckpt.pt")
     final = property(lambda self: self.path / "final.json")
-    model = property(lambda self: self.path / "model.pt")
+    model = property(lambda self: self.path / "model.pt")            # last-epoch weights, the deliverable
+    best_model = property(lambda self: self.path / "best.pt")        # weights of the best test top-1 epoch
     log = property(lambda self: self.path / "log.txt")
+    failures = property(lambda self: self.path / "failures.json")  # every failure, kept across retries
+    slurm_json = property(lambda self: self.path / "slurm.json")    # the SLURM jobs that ran this run
 
     def read_spec(self) -> tuple[RunSpec, dict]:
         """The spec and the unhashed run information (e.g. where a published teacher lives)."""
@@ -45,6 +48,31 @@ class RunFolder:
             return read_json_checked(self.final)
         except CorruptFile:
             return None
+
+    def final_problem(self) -> str | None:
+        """Why an existing final.json cannot be trusted (truncated, damaged), or None."""
+        if not self.final.exists():
+            return None
+        try:
+            read_json_checked(self.final)
+        except CorruptFile as e:
+            return f"final.json is damaged ({e})"
+        return None
+
+    def read_failures(self) -> list[dict]:
+        """Earlier failures of this run ({error, retryable, time}), oldest first."""
+        if not self.failures.exists():
+            return []
+        try:
+            return read_json_checked(self.failures).get("failures", [])
+        except CorruptFile:
+            return [{"error": "failures.json is damaged", "retryable": True}]
+
+    def clean_temporaries(self) -> None:
+        """Delete half-written temporary files left by a killed writer (call only while holding the claim)."""
+        if self.path.is_dir():
+            for p in self.path.glob(".*.tmp*"):
+                p.unlink(missing_ok=True)
 
     def state(self) -> State:
         final = self.read_final()

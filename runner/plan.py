@@ -52,11 +52,27 @@ class PlanRequest:
     train_size: int | None = None
     test_size: int | None = None
     pad_mode: str | None = None
+    ensembles: list[tuple[str, ...]] | None = None  # extra member combinations (besides the paper's four)
+    voting: str = "logits"
 
 
 def _check_model(name: str, role: str) -> None:
     if name not in MODELS:
         raise UserError(f"unknown {role} model {name!r}; known models: {', '.join(sorted(MODELS))}")
+
+
+def data_spec(req: PlanRequest) -> DataSpec:
+    """The data a request trains on: the preset's, with the command line's overrides."""
+    presets = load_presets()
+    if req.preset not in presets:
+        raise UserError(f"unknown preset {req.preset!r}; choose one of {', '.join(presets)}")
+    data_kw = dict(presets[req.preset].get("data", {}))
+    if req.synthetic is not None:
+        data_kw["source"] = "synthetic" if req.synthetic else "disk"
+    for key in ("train_size", "test_size"):
+        if getattr(req, key) is not None:
+            data_kw[key] = getattr(req, key) or None
+    return DataSpec(dataset=req.dataset, **data_kw)
 
 
 def plan(req: PlanRequest) -> list[list[PlannedRun]]:
@@ -66,13 +82,7 @@ def plan(req: PlanRequest) -> list[list[PlannedRun]]:
         raise UserError(f"unknown preset {req.preset!r}; choose one of {', '.join(presets)}")
     preset = presets[req.preset]
     info_ds = dataset_info(req.dataset)
-    data_kw = dict(preset.get("data", {}))
-    if req.synthetic is not None:
-        data_kw["source"] = "synthetic" if req.synthetic else "disk"
-    for key in ("train_size", "test_size"):
-        if getattr(req, key) is not None:
-            data_kw[key] = getattr(req, key) or None
-    data = DataSpec(dataset=req.dataset, **data_kw)
+    data = data_spec(req)
     protocol = Protocol(**preset["protocol"])
     if req.epochs is not None:
         if req.epochs < 1:
@@ -132,4 +142,36 @@ def plan(req: PlanRequest) -> list[list[PlannedRun]]:
                            teacher=teacher)
             students.append(PlannedRun(spec, "student", {**(t_info if cls.needs_teacher else {}), "role": "method"},
                                        run_depends))
-    return [stage for stage in (teachers, students) if stage]
+    ensembles = plan_ensembles(req, students, methods)
+    return [stage for stage in (teachers, students, ensembles) if stage]
+
+
+def plan_ensembles(req: PlanRequest, students: list[PlannedRun], methods: list[str]) -> list[PlannedRun]:
+    """The paper's ensembles whose members are all planned, plus any the user names, per seed."""
+    from .ensemble import PAPER_ENSEMBLES, VOTING, ensemble_name
+
+    if req.voting not in VOTING:
+        raise UserError(f"unknown voting {req.voting!r}; choose one of {', '.join(VOTING)}")
+    combos = [c for c in PAPER_ENSEMBLES.values() if all(m in methods for m in c)]
+    for combo in req.ensembles or []:
+        missing = [m for m in combo if m not in methods]
+        if missing or len(combo) < 2:
+            raise UserError(f"ensemble {','.join(combo)} needs at least two planned methods; "
+                            f"not planned: {', '.join(missing) or '-'} (add them to --methods)")
+        if tuple(combo) not in combos and sorted(combo) not in [sorted(c) for c in combos]:
+            combos.append(tuple(combo))
+    out = []
+    by_seed = {}
+    for run in students:
+        if run.info.get("role") == "method":
+            by_seed.setdefault(run.spec.seed, {})[run.spec.method] = run
+    for seed, runs in by_seed.items():
+        for combo in combos:
+            members = [runs[m] for m in combo]
+            hp = {"name": ensemble_name(tuple(combo)), "members": [[m, runs[m].run_id] for m in combo],
+                  "voting": req.voting}
+            first = members[0].spec
+            spec = RunSpec(data=first.data, method="ensemble", student=first.student, seed=seed,
+                           protocol=first.protocol, hparams=hp)
+            out.append(PlannedRun(spec, "ensemble", {"role": "ensemble"}, tuple(r.run_id for r in members)))
+    return out

@@ -26,9 +26,12 @@ from methods.base import Context, StepInfo
 from models import build_model, count_parameters
 from models.pretrained import file_sha256, load_teacher
 
+from .claims import Claim, ClaimLost, read_claim
+from .claims import describe as describe_claim
 from .errors import UserError
 from .evaluate import evaluate
 from .folder import RunFolder
+from .measure import measure, save_measurement
 from .spec import DataSpec, RunSpec, derive_seed
 from .store import CorruptFile, load_checked, save_checked, write_atomic, write_json_checked
 
@@ -47,6 +50,7 @@ class RunEnv:
     device: str = "cpu"
     deterministic: bool = False
     test_batch_size: int = 1000
+    measure_repeats: int = 3  # inference-time repetitions at the end of a run (0: no measurement)
     log: Callable[[str], None] = field(default=print)
 
 
@@ -247,6 +251,9 @@ class Run:
         starts = np.cumsum([0] + [s.epochs for s in stages]).tolist()
         total = starts[-1]
         epoch, rows, opt_state = self._resume()
+        if rows and len(self.folder.read_epochs()) != len(rows):
+            # killed between the checkpoint and the epoch log: the checkpoint's rows are the truth
+            write_atomic(self.folder.epochs, "".join(json.dumps(r) + "\n" for r in rows).encode())
         optimizer, opt_stage = None, None
         self.log(f"training {spec.student} on {spec.data.label}: {total} epochs in stages "
                  f"{[(s.name, s.epochs) for s in stages]}")
@@ -267,9 +274,15 @@ class Run:
             test = evaluate(self.method.eval_model(), self.test_loader)
             row = {"epoch": epoch + 1, "stage": stage.name, "lr": lr, "losses": losses, "test": test,
                    "train_time": round(train_time, 3)}
+            if getattr(self, "claim", None) is not None:
+                self.claim.check()  # taken over while this process was frozen: stop, write nothing more
             members = self.method.member_models()
             if members:
                 row["members"] = {k: evaluate(m, self.test_loader) for k, m in members.items()}
+            if not rows or test["top1"] > max(r["test"]["top1"] for r in rows):
+                # the best-epoch weights, for ensembles of best-epoch members (written before the checkpoint:
+                # a crash in between redoes this epoch and rewrites the same file)
+                self._save_model(self.folder.best_model)
             rows.append(row)
             epoch += 1
             self._save(epoch, rows, optimizer)
@@ -278,9 +291,19 @@ class Run:
                      f"({train_time:.1f}s)")
         return self._finish(rows)
 
+    def _save_model(self, path: Path) -> None:
+        save_model(self.method.eval_model(), self.spec.student, self.method.ctx.num_classes, self.norm, path)
+
+    def _measure(self, model, record: dict) -> None:
+        model.eval()
+        inputs = torch.cat([b.x for b in self.test_loader])
+        m = measure(model, inputs, record["params"], record["extra_params"], repeats=self.env.measure_repeats)
+        m.update({k: record[k] for k in ("run_id", "method", "dataset", "seed", "role")})
+        save_measurement(self.folder.path, m)
+
     def _finish(self, rows: list[dict]) -> dict:
         model = self.method.eval_model()
-        save_model(model, self.spec.student, self.method.ctx.num_classes, self.norm, self.folder.model)
+        self._save_model(self.folder.model)
         record = {
             "status": "done", "run_id": self.spec.run_id, "dataset": self.spec.data.label,
             "method": self.spec.method, "seed": self.spec.seed, "student": self.spec.student,
@@ -292,6 +315,8 @@ class Run:
             "model_sha256": file_sha256(self.folder.model),
             "role": self.info.get("role", "method"),
         }
+        if self.env.measure_repeats:
+            self._measure(model, record)
         members = self.method.member_models()
         if members:
             record["members"] = {
@@ -311,22 +336,65 @@ def save_model(model, arch, num_classes, norm, path: Path) -> None:
     write_atomic(path, buf.getvalue())
 
 
-def execute(spec: RunSpec, env: RunEnv, info: dict | None = None) -> dict:
-    """Run (or resume, or skip if done) one spec. A divergence or crash is recorded as FAILED with its reason;
-    a bad input (UserError) is raised without recording anything as a result."""
-    run = Run(spec, env, info)
+def execute(spec: RunSpec, env: RunEnv, info: dict | None = None, retries: int = 0) -> dict:
+    """Run (or resume, or skip if done) one spec, as the only process doing so.
+
+    The run folder is claimed first (runner/claims.py): if another live process holds it, nothing is done and
+    {"status": "busy"} comes back, so two sweeps on one results folder never execute a run twice. A divergence
+    or crash is recorded as FAILED with its reason, and every failure is also appended to failures.json, which
+    survives retries: a crash is tried again from the last checkpoint while the failures so far number at most
+    `retries` (launchers apply the same cap across sweeps). A divergence is deterministic and never retried.
+    A bad input (UserError) is raised without recording anything as a result."""
+    folder = RunFolder(env.results_dir, spec.run_id)
+    claim = Claim(folder.path, log=lambda msg: env.log(f"[{spec.run_id}] {msg}"))
+    if not claim.acquire():
+        env.log(f"[{spec.run_id}] busy: executed by {describe_claim(claim.holder)}")
+        return {"status": "busy", "run_id": spec.run_id, "holder": claim.holder}
+
+    def note(msg: str) -> None:
+        env.log(f"[{spec.run_id} {spec.method}] {msg}")
+        with open(folder.log, "a") as f:
+            f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + msg + "\n")
+
     try:
-        return run.execute()
-    except UserError:
-        raise
-    except (Diverged, Exception) as e:
-        reason = str(e) if isinstance(e, Diverged) else f"{type(e).__name__}: {e}"
-        if run.folder.path.exists():
-            run.log(f"FAILED: {reason}")
-            if not isinstance(e, Diverged):
-                with open(run.folder.log, "a") as f:
-                    f.write(traceback.format_exc())
-            write_json_checked(run.folder.final, {"status": "failed", "run_id": spec.run_id, "error": reason,
-                                                  "method": spec.method, "dataset": spec.data.label,
-                                                  "seed": spec.seed, "student": spec.student})
-        return {"status": "failed", "run_id": spec.run_id, "error": reason}
+        folder.clean_temporaries()
+        problem = folder.final_problem()
+        if problem:
+            note(f"{problem}: not trusted, the run continues from its last good checkpoint")
+        while True:
+            previous = folder.read_final()
+            if previous is not None and previous.get("status") == "failed":
+                folder.final.unlink()  # running again: PARTIAL, not FAILED (failures.json keeps the count)
+                note(f"trying again after {len(folder.read_failures())} failure(s); last: {previous.get('error')}")
+            try:
+                if spec.method == "ensemble":
+                    from .ensemble import execute_ensemble
+                    return execute_ensemble(spec, env, info)
+                run = Run(spec, env, info)
+                run.claim = claim
+                return run.execute()
+            except UserError:
+                raise
+            except ClaimLost as e:
+                env.log(f"[{spec.run_id}] stopped: {e}")
+                return {"status": "busy", "run_id": spec.run_id, "holder": read_claim(folder.path)}
+            except (Diverged, Exception) as e:
+                reason = str(e) if isinstance(e, Diverged) else f"{type(e).__name__}: {e}"
+                retryable = not isinstance(e, Diverged)
+                if not folder.path.exists():
+                    return {"status": "failed", "run_id": spec.run_id, "error": reason}
+                note(f"FAILED: {reason}")
+                if retryable:
+                    with open(folder.log, "a") as f:
+                        f.write(traceback.format_exc())
+                failures = folder.read_failures() + [{"error": reason, "retryable": retryable,
+                                                      "time": time.strftime("%Y-%m-%dT%H:%M:%S")}]
+                write_json_checked(folder.failures, {"failures": failures})
+                record = {"status": "failed", "run_id": spec.run_id, "error": reason, "failures": len(failures),
+                          "retryable": retryable, "method": spec.method, "dataset": spec.data.label,
+                          "seed": spec.seed, "student": spec.student}
+                write_json_checked(folder.final, record)
+                if not retryable or len(failures) > retries:
+                    return record
+    finally:
+        claim.release()

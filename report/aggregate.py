@@ -1,0 +1,190 @@
+"""From run records to one statistic per table row: the arithmetic shared by the tables and the plots.
+
+A *row* is identified by `(key, arch)`: the key is "teacher"/"student" for those roles and the (canonical)
+method name otherwise; `arch` is the network the run trained (the summary's `student` column). Keeping the
+network in the identity means runs of, say, a ResNet-8 student are never averaged with ResNet-20 runs of
+the same method; such rows are printed with the network in brackets and are not compared with the paper.
+
+Only DONE runs contribute numbers. Every other run is *counted* (failed, running, not started) so the
+tables can say why a number is absent or rests on fewer seeds, instead of dropping the row.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import pandas as pd
+
+from .paper import ROW_ORDER, canonical_key, display_name, paper_arch
+
+RowId = tuple[str, str]  # (key, arch); arch "" when the records do not say
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample std (ddof=1) over the DONE runs of one row, with the count of every other run."""
+    mean: float | None = None
+    std: float | None = None
+    n: int = 0          # DONE runs with a value
+    done: int = 0       # DONE runs (some may lack this value)
+    failed: int = 0
+    running: int = 0    # PARTIAL: started, not finished
+    new: int = 0        # planned, not started
+
+    @property
+    def runs(self) -> int:
+        return self.done + self.failed + self.running + self.new
+
+
+def _arch(value) -> str:
+    return "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
+
+
+def row_key(role, method) -> str:
+    return role if role in ("teacher", "student") else canonical_key(str(method))
+
+
+def with_rows(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary with two more columns, `row` (key) and `arch`, identifying the table row of each run."""
+    df = summary.copy()
+    df["row"] = [row_key(r, m) for r, m in zip(df["role"], df["method"])]
+    df["arch"] = [_arch(a) for a in (df["student"] if "student" in df else [None] * len(df))]
+    return df
+
+
+def row_label(row: RowId) -> str:
+    key, arch = row
+    name = display_name(key)
+    return name if arch in ("", paper_arch(key)) else f"{name} ({arch})"
+
+
+def comparable_with_paper(row: RowId) -> bool:
+    """The paper's numbers describe its networks (ResNet-110 teacher, ResNet-20 otherwise; option-A
+    checkpoints of the same depth included); a row trained on another network gets no difference."""
+    key, arch = row
+    return arch in ("", paper_arch(key), paper_arch(key) + "_a")
+
+
+def ordered_rows(seen: Iterable[RowId], paper_keys: Iterable[str] = ROW_ORDER,
+                 required: Iterable[str] | None = None) -> list[RowId]:
+    """The paper's rows in the paper's order, each followed by its variants on other networks, then the
+    rows the paper lacks in first-seen order. A `required` key (default: every paper key) without a run
+    gets a placeholder row, so a planned row that never ran shows as missing instead of vanishing."""
+    seen = list(dict.fromkeys(seen))
+    paper_keys = list(paper_keys)
+    required = set(paper_keys if required is None else required)
+    out: list[RowId] = []
+    for key in paper_keys:
+        variants = [r for r in seen if r[0] == key]
+        variants.sort(key=lambda r: (not comparable_with_paper(r), r[1] != paper_arch(key)))
+        if key in required and not any(comparable_with_paper(r) for r in variants):
+            variants.insert(0, (key, ""))
+        out.extend(variants)
+    out.extend(r for r in seen if r[0] not in paper_keys and r not in out)
+    return out
+
+
+def run_counts(status: pd.Series) -> dict[str, int]:
+    vc = status.astype(str).str.upper().value_counts()
+    return {"done": int(vc.get("DONE", 0)), "failed": int(vc.get("FAILED", 0)),
+            "running": int(vc.get("PARTIAL", 0)), "new": int(vc.get("NEW", 0))}
+
+
+def seed_stat(values: pd.Series, counts: dict[str, int]) -> Stat:
+    """Mean ± sample std of the given per-run values (NaN ignored)."""
+    v = pd.to_numeric(values, errors="coerce").dropna()
+    n = len(v)
+    return Stat(mean=float(v.mean()) if n else None, std=float(v.std(ddof=1)) if n > 1 else None, n=n,
+                **counts)
+
+
+def accuracy_stats(runs: pd.DataFrame, column: str) -> dict[RowId, Stat]:
+    """Per row, `column` (e.g. best_top1) over its DONE runs. `runs` = `with_rows(...)` of one dataset."""
+    out = {}
+    for (key, arch), part in runs.groupby(["row", "arch"], sort=False):
+        counts = run_counts(part["status"])
+        done = part[part["status"].astype(str).str.upper() == "DONE"]
+        out[(key, arch)] = seed_stat(done[column] if column in done else pd.Series(dtype=float), counts)
+    return out
+
+
+def duplicate_seeds(runs: pd.DataFrame) -> list[tuple[RowId, int]]:
+    """(row, seed) pairs with more than one DONE run: different specs under one method name (e.g. changed
+    hyperparameters) would otherwise be averaged as if they were seeds."""
+    done = runs[runs["status"].astype(str).str.upper() == "DONE"]
+    dup = done.groupby(["row", "arch", "seed"], sort=False).size()
+    return [((k, a), int(s)) for (k, a, s), c in dup.items() if c > 1]
+
+
+# --- inference measurements -------------------------------------------------------------------------
+
+SETTINGS = ["precision", "batch_size", "threads"]
+
+
+def _when(df: pd.DataFrame) -> pd.Series:
+    return pd.to_datetime(df["measured_at"], utc=True, errors="coerce", format="mixed") \
+        if "measured_at" in df else pd.Series(pd.NaT, index=df.index)
+
+
+def devices(measurements: pd.DataFrame | None) -> list[str]:
+    """Device names, most recently measured first."""
+    if measurements is None or measurements.empty or "device_name" not in measurements:
+        return []
+    df = measurements.assign(_when=_when(measurements), _dev=measurements["device_name"].astype(str))
+    last = df.groupby("_dev")["_when"].max().sort_values(ascending=False, na_position="last")
+    return list(last.index)
+
+
+def pick_device(measurements: pd.DataFrame | None, device: str | None = None
+                ) -> tuple[str | None, pd.DataFrame, list[str]]:
+    """The measurements of one device (default: the most recently measured one) under one setting.
+
+    Timings from different machines, precisions, batch sizes or thread counts are not comparable, so one
+    table shows one of each: the setting of the device's latest measurement. Returns (device, rows, notes).
+    """
+    names = devices(measurements)
+    if not names:
+        return None, pd.DataFrame(), []
+    if device is None:
+        device = names[0]
+    if device not in names:
+        raise ValueError(f"no measurements on device {device!r}; measured devices: {', '.join(names)}")
+    df = measurements[measurements["device_name"].astype(str) == device].copy()
+    df["_when"] = _when(df)
+    notes = []
+    present = [c for c in SETTINGS if c in df]
+    if present:
+        setting = df[present].astype(str)
+        latest = setting.loc[df["_when"].fillna(pd.Timestamp.min.tz_localize("UTC")).idxmax()]
+        keep = (setting == latest).all(axis=1)
+        if not keep.all():
+            notes.append(f"{int((~keep).sum())} measurement(s) on this device with another "
+                         f"{'/'.join(present)} setting are not shown.")
+        df = df[keep]
+    return device, df.drop(columns="_when"), notes
+
+
+def run_timings(measured: pd.DataFrame, summary: pd.DataFrame | None) -> pd.DataFrame:
+    """One line per measured run: the median of its repeated timings (robust to a cold first pass or a
+    busy machine), with its row identity. The network comes from the summary through the run id."""
+    if measured.empty:
+        return pd.DataFrame(columns=["run_id", "dataset", "row", "arch", "time_s", "params"])
+    arch_of, archs_of_key = {}, {}
+    if summary is not None and not summary.empty and "run_id" in summary:
+        rows = with_rows(summary)
+        arch_of = dict(zip(rows["run_id"], rows["arch"]))
+        for key, arch in zip(rows["row"], rows["arch"]):
+            archs_of_key.setdefault(key, set()).add(arch)
+    df = measured.copy()
+    df["time_s"] = pd.to_numeric(df["inference_time_s"], errors="coerce")
+    df["params"] = pd.to_numeric(df.get("params"), errors="coerce")
+    per_run = df.groupby("run_id", sort=False).agg(
+        dataset=("dataset", "first"), role=("role", "first"), method=("method", "first"),
+        time_s=("time_s", "median"), params=("params", "median"))
+    per_run = per_run.reset_index()
+    per_run["row"] = [row_key(r, m) for r, m in zip(per_run["role"], per_run["method"])]
+    # a run missing from the summary (e.g. an ensemble evaluated on the fly) takes its row's only network
+    per_run["arch"] = [arch_of[rid] if rid in arch_of else
+                       (next(iter(archs_of_key[k])) if len(archs_of_key.get(k, ())) == 1 else "")
+                       for rid, k in zip(per_run["run_id"], per_run["row"])]
+    return per_run[["run_id", "dataset", "row", "arch", "time_s", "params"]]

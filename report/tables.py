@@ -1,0 +1,346 @@
+"""The paper's tables rebuilt from our run records, with the paper's numbers beside ours.
+
+Table 1 (CIFAR-10 top-1/top-2, CIFAR-100 top-1/top-5), Table A1 (top-1..5 on both) and Table 2 (inference
+time of the test set and model size). Everything here is a pure function of DataFrames, so the CLI, a
+notebook and the tests render the same text from the same records.
+
+Choices a reader of the tables needs (they are repeated in the captions):
+- a cell is the mean ± sample std (ddof=1) over the DONE runs of a row, with n; the std is left out at n=1;
+- runs that failed, are still running or never started are counted in the cell, and a row without any DONE
+  run says why ("failed", "running", "missing") instead of disappearing;
+- Δ = ours − paper, computed from the printed (rounded) mean so the three columns agree; only on the real
+  test sets ("cifar10"/"cifar100") and the paper's networks — on synthetic or subset data the paper's
+  column is still printed but Δ is "–";
+- `select="best"` uses each run's best epoch on the test split (the paper's "highest top-k accuracy for our
+  validation dataset for each run"), `select="last"` its last epoch.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from . import aggregate as agg
+from .aggregate import RowId, Stat
+from .paper import DATASETS, ENSEMBLES, METHOD_NAMES, ROW_ORDER, SHORT_CITATION, paper_value
+from .render import Table, to_csv, to_latex, to_markdown
+
+SELECT_TEXT = {"best": "best epoch on the test split, as the paper collects it",
+               "last": "last epoch"}
+PAPER_EPOCHS = 200
+DASH = "–"
+SUBS = ["Ours", "Paper", "Δ"]
+TABLE2_KEYS = ["teacher", "student", *ENSEMBLES]  # the rows of the paper's Table 2
+LEGEND = ("A cell without a number says why: failed = every run failed; running = started, none "
+          "finished; missing = no run finished or started. “k failed” inside a cell counts runs left out "
+          "of its mean.")
+
+
+# --- cells ------------------------------------------------------------------------------------------
+
+def _runs(k: int, what: str = "run") -> str:
+    return f"{k} {what}{'s' if k != 1 else ''}"
+
+
+def status_text(s: Stat, unvalued: str = "no value") -> str:
+    """Why a row has no number: the state of its runs, with their counts."""
+    if s.done:  # finished, yet no value (e.g. not measured): say so, with the rest of the counts
+        return f"{unvalued} ({_runs(s.done, 'DONE run')}" + "".join(f", {p}" for p in _others(s)) + ")"
+    if s.running:
+        return f"running ({_runs(s.running)}" + "".join(f", {p}" for p in _others(s, skip="running")) + ")"
+    if s.failed and not s.new:
+        return f"failed ({_runs(s.failed)})"
+    if s.new:
+        return f"missing ({s.new} not started" + (f", {s.failed} failed" if s.failed else "") + ")"
+    return "missing"
+
+
+def _others(s: Stat, skip: str = "") -> list[str]:
+    parts = [(s.failed, "failed"), (s.running, "running"), (s.new, "not started")]
+    return [f"{k} {what}" for k, what in parts if k and what != skip]
+
+
+def stat_text(s: Stat, decimals: int = 2, unvalued: str = "no value") -> str:
+    """`93.14 ± 0.12 (n=3)`, `93.14 (n=1)`, `93.14 ± 0.10 (n=2, 1 failed)`, or the reason for no number."""
+    if not s.n:
+        return status_text(s, unvalued)
+    body = f"{s.mean:.{decimals}f}" + (f" ± {s.std:.{decimals}f}" if s.std is not None else "")
+    extras = [f"n={s.n}"] + _others(s)
+    if s.done > s.n:
+        extras.append(f"{s.done - s.n} {unvalued}")
+    return f"{body} ({', '.join(extras)})"
+
+
+def diff(s: Stat, paper: float | None, allowed: bool, decimals: int = 2) -> float | None:
+    """Ours − paper from the printed mean, or None where it would compare different things."""
+    if not allowed or paper is None or not s.n:
+        return None
+    d = round(round(s.mean, decimals) - paper, decimals)
+    return 0.0 if d == 0 else d
+
+
+def _num(x: float | None, signed: bool = False) -> str:
+    return DASH if x is None else (f"{x:+.2f}" if signed else f"{x:.2f}")
+
+
+def _record(table: str, dataset: str, label: str | None, row: RowId, metric: str, s: Stat,
+            paper: float | None, d: float | None, **extra) -> dict:
+    return {"table": table, "dataset": dataset, "label": label, "row": row[0], "arch": row[1],
+            "name": agg.row_label(row), "metric": metric, **extra, "mean": s.mean, "std": s.std, "n": s.n,
+            "done": s.done, "failed": s.failed, "running": s.running, "not_started": s.new,
+            "paper": paper, "diff": d}
+
+
+# --- data selection and caption pieces --------------------------------------------------------------
+
+def is_real(key: str, label: str | None) -> bool:
+    """Only the full real test sets are the paper's; synthetic or subset labels carry a suffix."""
+    return label == key
+
+
+def _check(datasets: dict, select: str | None = None) -> None:
+    unknown = set(datasets) - set(DATASETS)
+    if unknown:
+        raise ValueError(f"datasets keys must be among {sorted(DATASETS)}; got {sorted(unknown)}")
+    if select is not None and select not in SELECT_TEXT:
+        raise ValueError(f"select must be 'best' or 'last', not {select!r}")
+
+
+def _runs_of(summary: pd.DataFrame, label: str | None) -> pd.DataFrame:
+    if label is None or summary is None or summary.empty:
+        return agg.with_rows(pd.DataFrame(columns=["dataset", "method", "role", "seed", "student", "status"]))
+    return agg.with_rows(summary[summary["dataset"] == label])
+
+
+def data_sentences(datasets: dict, what: str = "Δ", but: str = "") -> list[str]:
+    out = []
+    for key, name in DATASETS.items():
+        label = datasets.get(key)
+        if label is None:
+            out.append(f"No {name} runs were given: its columns show the paper only.")
+        elif not is_real(key, label):
+            out.append(f"The {name} columns come from “{label}”, not the real {name} test set: the data "
+                       f"differ, so the paper's numbers are shown for reference and {what} is not computed "
+                       f"(–){but}.")
+    return out
+
+
+def _seed(value) -> str:
+    """Seeds read back from CSV may be floats (a column with a gap): print 1, not 1.0."""
+    try:
+        return str(int(value)) if float(value).is_integer() else str(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def run_notes(runs_by_key: dict[str, pd.DataFrame], datasets: dict) -> list[str]:
+    """What a reader should know that no cell can show: why runs failed, duplicate seeds, short runs."""
+    notes = []
+    for key, runs in runs_by_key.items():
+        label = datasets.get(key)
+        if runs.empty:
+            continue
+        status = runs["status"].astype(str).str.upper()
+        for _, r in runs[status == "FAILED"].iterrows():
+            err = r.get("error")
+            err = "" if err is None or (isinstance(err, float) and pd.isna(err)) else str(err)
+            err = err.strip().splitlines()[0][:160] if err.strip() else "no reason recorded"
+            notes.append(f"{label}: {agg.row_label((r['row'], r['arch']))} seed {_seed(r['seed'])} failed: {err}")
+        for row, seed in agg.duplicate_seeds(runs):
+            notes.append(f"{label}: {agg.row_label(row)} has several DONE runs with seed {_seed(seed)} (different "
+                         "specs under one name?); all of them are averaged.")
+        if "epochs" in runs and is_real(key, label):
+            done = runs[(status == "DONE") & (runs["row"] != "teacher")]
+            epochs = sorted({int(e) for e in pd.to_numeric(done["epochs"], errors="coerce").dropna()})
+            if epochs and epochs != [PAPER_EPOCHS]:
+                notes.append(f"{label}: finished runs trained for {', '.join(map(str, epochs))} epochs; the "
+                             f"paper trains {PAPER_EPOCHS}, so Δ compares different protocols.")
+    return notes
+
+
+# --- accuracy tables --------------------------------------------------------------------------------
+
+def _accuracy_table(summary: pd.DataFrame, datasets: dict, select: str, name: str, title: str,
+                    what: str, panels_spec: list[tuple[str | None, list[tuple[str, int]]]],
+                    group_name) -> Table:
+    _check(datasets, select)
+    runs = {key: _runs_of(summary, datasets.get(key)) for key in DATASETS}
+    seen = [r for key in DATASETS for r in zip(runs[key]["row"], runs[key]["arch"])]
+    rows = agg.ordered_rows(seen)
+    stats = {(key, k): agg.accuracy_stats(runs[key], f"{select}_top{k}")
+             for _, cols in panels_spec for key, k in cols}
+    groups = [(group_name(key, k), list(SUBS)) for key, k in panels_spec[0][1]]
+    panels, records = [], []
+    for panel_title, cols in panels_spec:
+        lines = []
+        for row in rows:
+            cells = []
+            for key, k in cols:
+                label = datasets.get(key)
+                s = stats[(key, k)].get(row, Stat())
+                paper = paper_value("accuracy", row[0], f"{key}_top{k}")
+                d = diff(s, paper, is_real(key, label) and agg.comparable_with_paper(row))
+                cells += [stat_text(s) if label is not None else DASH, _num(paper), _num(d, signed=True)]
+                records.append(_record(name, key, label, row, f"top{k}", s, paper, d, select=select))
+            lines.append((agg.row_label(row), cells))
+        panels.append((panel_title, lines))
+    caption = " ".join([
+        f"{what} Teacher ResNet-110, student ResNet-20.",
+        f"Ours: mean ± sample standard deviation over seeds (n = finished runs; no ± when n = 1), "
+        f"{SELECT_TEXT[select]}.",
+        f"Paper: {SHORT_CITATION}, Table A1; Δ = ours − paper in percentage points, from the printed mean.",
+        *data_sentences(datasets),
+        *(["Rows naming a network in brackets used another network than the paper and get no Δ."]
+          if any(not agg.comparable_with_paper(r) for r in rows) else []),
+        LEGEND])
+    return Table(name, title, caption, groups, panels, run_notes(runs, datasets), pd.DataFrame(records))
+
+
+def table1(summary: pd.DataFrame, datasets: dict, select: str = "best") -> Table:
+    """Table 1: CIFAR-10 top-1/top-2 and CIFAR-100 top-1/top-5."""
+    cols = [("cifar10", 1), ("cifar10", 2), ("cifar100", 1), ("cifar100", 5)]
+    return _accuracy_table(summary, datasets, select, "table1", "Table 1",
+                           "Test accuracy (%): top-1 and top-2 on CIFAR-10, top-1 and top-5 on CIFAR-100.",
+                           [(None, cols)], lambda key, k: f"{DATASETS[key]} top-{k}")
+
+
+def tableA1(summary: pd.DataFrame, datasets: dict, select: str = "best") -> Table:
+    """Table A1: top-1..top-5 on both datasets, one panel per dataset."""
+    panels = [(f"{DATASETS[key]}" + (f" ({datasets[key]})" if datasets.get(key) not in (None, key) else ""),
+               [(key, k) for k in range(1, 6)]) for key in DATASETS]
+    return _accuracy_table(summary, datasets, select, "tableA1", "Table A1",
+                           "Top-1 to top-5 test accuracy (%) on CIFAR-10 and CIFAR-100.",
+                           panels, lambda key, k: f"top-{k}")
+
+
+# --- Table 2 ----------------------------------------------------------------------------------------
+
+def _settings_text(measured: pd.DataFrame) -> str:
+    def vals(col):
+        return "/".join(sorted({str(v) for v in measured[col].dropna()})) if col in measured else ""
+    parts = [f"precision {vals('precision')}" if vals("precision") else "",
+             f"batch {vals('batch_size')}" if vals("batch_size") else "",
+             f"{vals('threads')} threads" if vals("threads") else "",
+             f"torch {vals('torch')}" if vals("torch") else ""]
+    return ", ".join(p for p in parts if p)
+
+
+def _cost_cells(row: RowId, key: str, label: str | None, runs: pd.DataFrame, times: pd.DataFrame,
+                device: str | None) -> tuple[list[str], list[dict]]:
+    """Table 2's seven cells of one row and dataset: time (ours, paper, Δ), params (ours, paper, Δ), MB."""
+    mine = runs[(runs["row"] == row[0]) & (runs["arch"] == row[1])]
+    counts = agg.run_counts(mine["status"])
+    timed = times[(times["row"] == row[0]) & (times["arch"] == row[1])]
+    s = agg.seed_stat(timed["time_s"], counts)
+    # sizes do not depend on the device: from the finished runs, else from the measurements
+    done = mine[mine["status"].astype(str).str.upper() == "DONE"]
+    params = pd.to_numeric(done["params"], errors="coerce").dropna() if "params" in done else pd.Series()
+    if params.empty:
+        params = timed["params"].dropna()
+    p_m = round(float(params.mean()) / 1e6, 2) if len(params) else None
+    mb = round(float(params.mean()) * 4 / 1e6, 2) if len(params) else None
+    paper_t = paper_value("cost", row[0], f"{key}_time_s")
+    paper_p = paper_value("cost", row[0], f"{key}_param_m")
+    d_t = diff(s, paper_t, is_real(key, label) and agg.comparable_with_paper(row))
+    # the parameter count does not depend on the data, so Δ params holds on synthetic data too
+    d_p = (None if p_m is None or paper_p is None or not agg.comparable_with_paper(row)
+           else round(p_m - paper_p, 2) + 0.0)
+    cells = [stat_text(s, unvalued="not measured") if label is not None else DASH, _num(paper_t),
+             _num(d_t, signed=True), _num(p_m), _num(paper_p), _num(d_p, signed=True), _num(mb)]
+    size = dict(n=len(params), **counts)
+    records = [_record("table2", key, label, row, "time_s", s, paper_t, d_t, device=device),
+               _record("table2", key, label, row, "params_m", Stat(mean=p_m, **size), paper_p, d_p, device=device),
+               _record("table2", key, label, row, "mb_fp32", Stat(mean=mb, **size), None, None, device=device)]
+    return cells, records
+
+
+def table2(summary: pd.DataFrame, measurements: pd.DataFrame | None, datasets: dict,
+           device: str | None = None) -> Table:
+    """Table 2: inference time of the whole test set and model size, on one device.
+
+    `device` names a `device_name` of the measurements; default the most recently measured one. A run
+    measured several times counts once, with its median time; the cell is then mean ± std over runs.
+    """
+    _check(datasets)
+    device, measured, device_notes = agg.pick_device(measurements, device)
+    timings = agg.run_timings(measured, summary)
+    runs = {key: _runs_of(summary, datasets.get(key)) for key in DATASETS}
+    times = {key: timings[timings["dataset"] == datasets.get(key)] for key in DATASETS}
+    seen = []
+    for key in DATASETS:
+        seen += list(zip(runs[key]["row"], runs[key]["arch"])) + list(zip(times[key]["row"], times[key]["arch"]))
+    measured_rows = {r for key in DATASETS for r in zip(times[key]["row"], times[key]["arch"])}
+    # the distillation methods share the student's network at inference: listed only when measured
+    seen = [r for r in seen if r[0] not in METHOD_NAMES or r in measured_rows]
+    rows = agg.ordered_rows(seen, ROW_ORDER, required=TABLE2_KEYS)
+
+    groups, records, lines = [], [], []
+    for key in DATASETS:
+        name = DATASETS[key]
+        groups += [(f"{name} time (s)", list(SUBS)), (f"{name} params (M)", list(SUBS)),
+                   (f"{name} MB (fp32)", ["Ours"])]
+    for row in rows:
+        cells = []
+        for key in DATASETS:
+            row_cells, row_records = _cost_cells(row, key, datasets.get(key), runs[key], times[key], device)
+            cells += row_cells
+            records += row_records
+        lines.append((agg.row_label(row), cells))
+
+    if device is None:
+        where = "No inference measurements were given: every time cell says why."
+    else:
+        where = f"Ours measured on {device} ({_settings_text(measured)})."
+        others = [d for d in agg.devices(measurements) if d != device]
+        if others:
+            where += f" Other devices measured: {'; '.join(others)}."
+    caption = " ".join([
+        "Inference time (s) of the whole test set and model size.", where,
+        "Ours: the median of each run's repeated timings, then mean ± sample standard deviation over runs "
+        "(n = measured runs).",
+        f"Paper: {SHORT_CITATION}, Table 2, timed on an NVIDIA GTX 1070 Ti, so Δ time mixes hardware and "
+        "only the ratios between rows carry over.",
+        "The paper heads its size column “Param (MB)” but its values are millions of parameters "
+        "(ResNet-20: 0.27); params (M) here is the same quantity, so its Δ is meaningful; MB (fp32) is our "
+        "weight size, 4 bytes × parameters / 10⁶.",
+        *data_sentences(datasets, "Δ time", "; Δ params is, the networks being the same"),
+        "The 20 distillation methods run the student's network at inference and are listed only when measured.",
+        LEGEND, "“not measured”: finished, but not timed on this device."])
+    return Table("table2", "Table 2", caption, groups, [(None, lines)],
+                 device_notes + run_notes(runs, datasets), pd.DataFrame(records))
+
+
+# --- files ------------------------------------------------------------------------------------------
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "device"
+
+
+def write_table(table: Table, out_dir: Path, stem: str | None = None) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = stem or table.name
+    paths = []
+    for ext, render in (("md", to_markdown), ("tex", to_latex), ("csv", to_csv)):
+        path = out_dir / f"{stem}.{ext}"
+        path.write_text(render(table), encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
+def write_tables(summary: pd.DataFrame, measurements: pd.DataFrame | None, datasets: dict,
+                 out_dir: str | Path, select: str = "best", device: str | None = None) -> list[Path]:
+    """Write table1/tableA1/table2 as .md, .tex and .csv into `out_dir`; return the paths.
+
+    `table2.*` shows `device` (default: the most recently measured one); when the measurements span
+    several devices and none is named, each also gets `table2-<device>.*`, so no timing is left unrendered.
+    """
+    out_dir = Path(out_dir)
+    paths = write_table(table1(summary, datasets, select), out_dir)
+    paths += write_table(tableA1(summary, datasets, select), out_dir)
+    paths += write_table(table2(summary, measurements, datasets, device), out_dir)
+    names = agg.devices(measurements)
+    if device is None and len(names) > 1:
+        for name in names:
+            paths += write_table(table2(summary, measurements, datasets, name), out_dir, f"table2-{_slug(name)}")
+    return paths
