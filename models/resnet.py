@@ -89,5 +89,5 @@ class CifarResNet(nn.Module):
             pre = stage[-1].forward_pre(out)
             feats[f"stage{i}_pre"] = pre
             out = feats[f"stage{i}"] = F.relu(pre)
-        pooled = feats["pool"] = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        pooled = feats["pool"] = out.mean((2, 3))  # global average pool; vmap-friendly (ensembles)
         return self.linear(pooled), feats
