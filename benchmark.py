@@ -294,8 +294,11 @@ def cmd_run(args) -> int:
         from runner.slurm import launch_slurm
 
         records = launch_slurm(stages, env, slurm_profile(args), retries=args.retries, wait=args.wait)
-        if not args.wait:
-            return 0
+        if not args.wait:  # submitted: only what cannot run (failed, or waiting on a failed run) is an error
+            bad = [r for r in records if r["status"] not in ("done", "submitted", "queued")]
+            for r in bad:
+                print(f"not submitted: {r['run_id']}: {r.get('error')}", file=sys.stderr)
+            return 1 if bad else 0
     elif args.launcher == "local":
         records = launch_local(stages, env, workers=args.workers, gpus=args.gpus, runs_per_gpu=args.runs_per_gpu,
                                retries=args.retries)

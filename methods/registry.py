@@ -31,6 +31,10 @@ REGISTRY: dict[str, str] = {
     "afd": "methods.afd:AFD",
     "crd": "methods.crd:CRD",
     "dml": "methods.dml:DML",
+    # other systems of the project
+    "oeckd": "methods.oeckd:OECKD",
+    "ekd": "methods.ekd:EKD",
+    "kdfm": "methods.kdfm:KDFM",
 }
 
 

@@ -82,7 +82,9 @@ def load_teacher(path: str | Path, num_classes: int, dataset_norm) -> tuple[nn.M
     else:
         raise UserError(f"{path} is neither a kd-bench model.pt nor an akamaster-style checkpoint "
                         "(a dict with 'state_dict')")
-    head = state.get("linear.weight")
+    # the classifier: `linear`, or in a multi-branch student (OEC-KD, EKD) each branch's `branches.<j>.linear`
+    heads = [v for k, v in state.items() if k == "linear.weight" or k.endswith(".linear.weight")]
+    head = heads[-1] if heads else None
     if head is None:
         raise UserError(f"{path} has no 'linear.weight': not a CIFAR ResNet classifier")
     if head.shape[0] != num_classes:

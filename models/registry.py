@@ -40,3 +40,12 @@ def build_model(name: str, num_classes: int) -> nn.Module:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+# other systems of the project (KDFM, OEC-KD, EKD): DenseNets, the CIFAR MobileNet, a 4-layer CNN, OEC-KD's
+# compressed students (`resnet110_w80`, ...) and the multi-branch students (`oeckd_resnet20`, `ekd3_resnet8`, ...)
+from . import branches as _branches, cnn4 as _cnn4, densenet as _densenet, mobilenet as _mobilenet  # noqa: E402
+
+for _module in (_densenet, _mobilenet, _cnn4, _branches):
+    for _name, _builder in _module.BUILDERS.items():
+        register(_name, _builder)

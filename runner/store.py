@@ -10,11 +10,14 @@ import hashlib
 import io
 import json
 import os
+import signal
+import time
 from pathlib import Path
 
 import torch
 
 MAGIC = b"KDBENCH1"
+FAULT_ENV = "KDBENCH_FAULT"
 
 
 class CorruptFile(Exception):
@@ -24,11 +27,21 @@ class CorruptFile(Exception):
 def write_atomic(path: Path, data: bytes) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fault = _fault_for(path) if FAULT_ENV in os.environ else None
     with open(tmp, "wb") as f:
+        if fault and fault.point == "mid":
+            f.write(data[: len(data) // 2])
+            f.flush()
+            os.fsync(f.fileno())
+            fault.fire()
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+    if fault and fault.point == "before-rename":
+        fault.fire()
     os.replace(tmp, path)
+    if fault and fault.point == "after-rename":
+        fault.fire()
     try:  # make the rename itself durable
         fd = os.open(path.parent, os.O_RDONLY)
         os.fsync(fd)
@@ -71,3 +84,70 @@ def read_json_checked(path: Path) -> dict:
     if hashlib.sha256(body.encode()).hexdigest() != wrapper.get("sha256"):
         raise CorruptFile(f"{path}: checksum mismatch")
     return obj
+
+
+# ---- fault injection (tests) -------------------------------------------------------------------------------
+# The robustness tests must kill a run at exact points of a file write (half-written temporary file, complete
+# but not yet renamed, renamed) and pause or fail a run at a known place, also inside SLURM jobs where the test
+# cannot reach the process. An environment variable is the one channel that reaches all of them:
+#
+#   KDBENCH_FAULT="<path suffix>@<n>:<point>:<action>[;...]"
+#
+# applies at the n-th write_atomic (counted in this process) of a file whose path ends with the suffix (e.g.
+# "<run_id>/ckpt.pt"). point: mid | before-rename | after-rename. action: kill (SIGKILL this process), pause
+# (sleep up to 300 s, so a signal can be delivered at a known place), raise (OSError at the n-th write and
+# every later one), raise-once. kill, pause and raise-once fire once per run folder (a marker file beside the
+# target remembers it), so the process that resumes the run gets past them and meets the next entry: one value
+# can list a whole sequence of crashes.
+
+_write_counts: dict[tuple[str, int], int] = {}
+
+
+class _Fault:
+    def __init__(self, path: Path, n: int, point: str, action: str):
+        self.path, self.n, self.point, self.action = path, n, point, action
+
+    @property
+    def marker(self) -> Path:
+        return self.path.parent / f".fault-{self.path.name}-{self.n}-{self.point}-{self.action}"
+
+    def fire(self) -> None:
+        if self.action != "raise":
+            try:
+                os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                return
+        if self.action == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif self.action == "pause":
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:  # signal handlers (e.g. submitit's) run during the sleeps
+                time.sleep(0.1)
+        else:
+            raise OSError(f"injected fault writing {self.path} ({FAULT_ENV})")
+
+
+def _fault_for(path: Path) -> _Fault | None:
+    """The first entry of KDBENCH_FAULT that applies to this write and has not fired yet."""
+    text = path.as_posix()
+    chosen = None
+    for i, item in enumerate(filter(None, os.environ[FAULT_ENV].split(";"))):
+        try:
+            target, rest = item.rsplit("@", 1)
+            n, point, action = rest.split(":")
+            n = int(n)
+        except ValueError:
+            raise ValueError(f"bad {FAULT_ENV} entry {item!r}: expected <path suffix>@<n>:<point>:<action>")
+        if point not in ("mid", "before-rename", "after-rename") or \
+                action not in ("kill", "pause", "raise", "raise-once"):
+            raise ValueError(f"bad {FAULT_ENV} entry {item!r}: unknown point or action")
+        if not text.endswith(target):
+            continue
+        key = (text, i)
+        _write_counts[key] = _write_counts.get(key, 0) + 1
+        count = _write_counts[key]
+        fault = _Fault(path, n, point, action)
+        if chosen is None and (count == n or (action == "raise" and count > n)) \
+                and (action == "raise" or not fault.marker.exists()):
+            chosen = fault
+    return chosen

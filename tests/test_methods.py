@@ -16,17 +16,19 @@ NUM_CLASSES = 10
 
 
 def make_pair(name: str, hparams: dict | None = None, student="resnet8", teacher="resnet14", batch=16, seed=0):
-    torch.manual_seed(seed)
-    s = build_model(student, NUM_CLASSES)
     cls = get_method(name)
+    hp = cls.resolve_hparams(hparams or {}, "cifar10")
+    torch.manual_seed(seed)
+    s = build_model(cls.student_arch(hp, student), NUM_CLASSES)  # as the planner: the network the method trains
     t = build_model(teacher, NUM_CLASSES).eval() if cls.needs_teacher else None
+    extra_teachers = {a: build_model(a, NUM_CLASSES).eval() for a in cls.teacher_archs(hp)}  # as the runner
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 3, 32, 32, generator=gen)
     y = torch.arange(batch) % NUM_CLASSES
     labels = torch.arange(64) % NUM_CLASSES
     ctx = Context(num_classes=NUM_CLASSES, dataset="cifar10", seed=seed, device=torch.device("cpu"),
-                  train_labels=labels, epochs=4, generator=torch.Generator().manual_seed(1))
-    hp = cls.resolve_hparams(hparams or {}, "cifar10")
+                  train_labels=labels, epochs=4, generator=torch.Generator().manual_seed(1),
+                  extra_teachers=extra_teachers)
     method = build_method(name, hp, s, t, ctx, x[:2])
     return method, Batch(x, y, torch.arange(batch))
 
