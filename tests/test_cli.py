@@ -39,7 +39,7 @@ def test_sweep_is_idempotent_and_collected(tmp_path, capsys):
     finals = {p: (p / "final.json").stat().st_mtime_ns for p in (tmp_path / "runs").iterdir()}
     capsys.readouterr()
     assert cli("--methods", "logits,st", *TINY, results=tmp_path) == 0
-    assert "training" not in capsys.readouterr().out, "a second sweep trains nothing"
+    assert "] training " not in capsys.readouterr().out, "a second sweep trains nothing"
     assert finals == {p: (p / "final.json").stat().st_mtime_ns for p in finals}
     assert cli("status", "--methods", "logits,st", *TINY, results=tmp_path) == 0
     assert "DONE 4" in capsys.readouterr().out
