@@ -142,7 +142,7 @@ def _check_results_dir(path: str) -> None:
     p = Path(path)
     try:
         (p / "runs").mkdir(parents=True, exist_ok=True)
-        probe = p / "runs" / ".write-test"
+        probe = p / "runs" / f".write-test-{os.getpid()}"  # per process: concurrent sweeps share the folder
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
