@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .densenet import DenseBody, DenseNet, DenseStem
-from .resnet import BasicBlock
+from .resnet import BasicBlock, init_conv_bn
 
 RESNET_WIDTHS = (16, 32, 64)
 OEC_STUDENTS = 5                     # S of OEC-KD, the paper's chosen trade-off
@@ -35,14 +35,6 @@ def scaled(channels: int, percent: int) -> int:
     return channels * percent // 100
 
 
-def _init_resnet(module: nn.Module) -> None:
-    """Same initialisation as `models.resnet.CifarResNet`: He-normal (fan-out) convs, BN (1, 0)."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 class ResNetStem(nn.Module):
@@ -53,7 +45,7 @@ class ResNetStem(nn.Module):
         self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.out_channels = width
-        _init_resnet(self)
+        init_conv_bn(self)
 
     def forward(self, x):
         pre = self.bn1(self.conv1(x))
@@ -84,7 +76,7 @@ class ResNetBranch(nn.Module):
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = stages
         self.linear = nn.Linear(widths[-1], num_classes)
-        _init_resnet(self)
+        init_conv_bn(self)
 
     def forward_body(self, h):
         feats, out = {}, h
@@ -111,8 +103,8 @@ class ScaledResNet(ResNetBranch):
         super().__init__(depth, stem_width, widths, num_classes)
         self.conv1 = nn.Conv2d(3, stem_width, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(stem_width)
-        _init_resnet(self.conv1)
-        _init_resnet(self.bn1)
+        init_conv_bn(self.conv1)
+        init_conv_bn(self.bn1)
 
     def forward(self, x):
         pre = self.bn1(self.conv1(x))

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .resnet import init_conv_bn
+
 WIDTHS = (64, 128, 256, 256)
 
 
@@ -27,12 +29,7 @@ class CNN4(nn.Module):
         self.convs = nn.ModuleList(nn.Conv2d(chans[i], chans[i + 1], 3, 1, 1, bias=False) for i in range(4))
         self.bns = nn.ModuleList(nn.BatchNorm2d(c) for c in widths)
         self.linear = nn.Linear(widths[-1], num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self)
 
     def forward(self, x):
         feats, out = {}, x

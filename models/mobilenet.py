@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .resnet import init_conv_bn
+
 # (out channels, stride) of the 13 depthwise-separable blocks
 CFG = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1), (512, 1), (512, 1),
        (512, 1), (1024, 2), (1024, 1))
@@ -55,12 +57,7 @@ class CifarMobileNet(nn.Module):
             in_planes = out_planes
         self.layers = nn.Sequential(*blocks)
         self.linear = nn.Linear(in_planes, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self)
 
     def forward(self, x):
         feats = {}
