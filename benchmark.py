@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """kd-bench command line: plan, launch, status, collect, list.
 
-    python benchmark.py --all --dataset cifar10            # teacher, student baseline, every method
+    python benchmark.py --all --dataset cifar10            # teacher, student baseline, the paper's 20 methods
     python benchmark.py --all --preset smoke                # minutes on a CPU, synthetic data
     python benchmark.py status --all --preset smoke         # NEW / PARTIAL / DONE / FAILED
     python benchmark.py collect                             # rebuild results/<data>/summary.csv
@@ -39,9 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "measure (time finished runs again on this machine); table; plot; cancel (the SLURM jobs "
                    "of the planned runs)")
     what = p.add_argument_group("what to run")
-    what.add_argument("--all", action="store_true", help="teacher, student baseline and every registered method")
-    what.add_argument("--methods", type=_csv(str), help="comma-separated method names (the teacher and the "
-                      "student baseline are always planned)")
+    what.add_argument("--all", action="store_true", help="the paper's Table 1: teacher, student baseline, its 20 "
+                      "methods and 4 ensembles (oeckd, ekd, kdfm run when named in --methods)")
+    what.add_argument("--methods", type=_csv(str), help="comma-separated method names, instead of --all's 20 (the "
+                      "student baseline is always planned, the teacher when a method distils from it)")
     what.add_argument("--list", action="store_true", help="list the registered methods and exit")
     what.add_argument("--dataset", default="cifar10", help="cifar10 (default) or cifar100")
     what.add_argument("--preset", default="paper", help="paper (default, 200 epochs) or smoke (minutes on CPU)")
@@ -119,7 +120,9 @@ def plan_request(args):
 
     if args.methods is None and not args.all:
         raise SystemExit("say what to run: --all, or --methods a,b (see --list)")
-    return PlanRequest(dataset=args.dataset, preset=args.preset, methods=None if args.all else args.methods,
+    if args.all and args.methods is not None:
+        print(f"--methods given: planning {','.join(args.methods)} instead of the paper's 20", file=sys.stderr)
+    return PlanRequest(dataset=args.dataset, preset=args.preset, methods=args.methods,
                        seeds=args.seeds, epochs=args.epochs, teacher_checkpoint=args.teacher_checkpoint,
                        teacher=args.teacher, student=args.student, synthetic=args.synthetic,
                        train_size=args.train_size, test_size=args.test_size, pad_mode=args.pad_mode,
@@ -151,22 +154,25 @@ def _check_results_dir(path: str) -> None:
 
 
 def cmd_status(args) -> int:
-    from runner.folder import RunFolder, State
-    from runner.plan import plan
-
     from runner.claims import claim_alive
     from runner.claims import describe as describe_claim
+    from runner.folder import RunFolder, State
+    from runner.plan import plan
     from runner.slurm import slurm_status
 
     stages = plan(plan_request(args))
     counts = {s: 0 for s in State}
     jobs = slurm_status(args.results_dir, [r.run_id for stage in stages for r in stage])
+    states = {r.run_id: RunFolder(args.results_dir, r.run_id).state() for stage in stages for r in stage}
     for stage in stages:
         for run in stage:
             folder = RunFolder(args.results_dir, run.run_id)
-            state = folder.state()
+            state = states[run.run_id]
             counts[state] += 1
             details = []
+            failed_needs = [d for d in run.depends if states.get(d) == State.FAILED]
+            if state != State.DONE and failed_needs:
+                details.append(f"blocked: needs {', '.join(failed_needs)} (FAILED)")
             if state == State.PARTIAL:
                 details.append(f"epoch {len(folder.read_epochs())}")
                 holder = claim_alive(folder.path)
@@ -273,11 +279,10 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from runner.errors import UserError
     from runner.launch import launch_debug, launch_local
     from runner.plan import plan
     from runner.train import RunEnv, cached_splits
-
-    from runner.errors import UserError
 
     stages = plan(plan_request(args))
     _check_results_dir(args.results_dir)

@@ -126,6 +126,12 @@ class Method:
         return []
 
     @classmethod
+    def baseline_archs(cls, hparams: dict, student: str) -> list[str]:
+        """Networks to train alone with CE beside this method, so each network it delivers has its own baseline
+        row (OEC-KD's narrower students). The benchmark's student baseline is always planned anyway."""
+        return []
+
+    @classmethod
     def resolve_hparams(cls, overrides: dict, dataset: str) -> dict:
         """The full hyperparameters of a run (they go into the run id). Override for per-dataset defaults."""
         unknown = set(overrides) - set(cls.defaults)
@@ -192,3 +198,7 @@ class Method:
         """Further networks a run delivers and the tables show as rows of their own, named `<method>-<key>`
         (OEC-KD's students, a multi-branch student's branches). Evaluated every epoch like the main one."""
         return {}
+
+    def member_arch(self, key: str) -> str | None:
+        """The standalone architecture a member equals, if any (it names the member's row); None: the run's."""
+        return None

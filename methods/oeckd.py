@@ -80,6 +80,13 @@ class OECKD(Method):
         """`resnet20` -> `oeckd_resnet20` (any CIFAR ResNet depth), `densenet_bc100` -> `oeckd_densenet_bc100`."""
         return f"oeckd_{student}"
 
+    @classmethod
+    def baseline_archs(cls, hparams: dict, student: str) -> list[str]:
+        """The five students as standalone networks, each trained alone with CE: the paper's baselines."""
+        from models.branches import oeckd_member_archs
+
+        return oeckd_member_archs(student)
+
     def setup(self, s_feats, t_feats):
         from models.branches import MultiBranchNet
         from runner.train import build_student  # deferred: runner.train imports the method registry
@@ -120,3 +127,6 @@ class OECKD(Method):
             self._members = {f"s{j + 1}": net.member(j) for j in range(len(net.branches))}
             self._members["ens"] = net
         return self._members
+
+    def member_arch(self, key: str) -> str | None:
+        return self.student.member_archs[int(key[1:]) - 1] if key.startswith("s") else None

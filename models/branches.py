@@ -185,19 +185,22 @@ def scaled_densenet_bc(depth: int, percent: int, num_classes: int) -> DenseNet:
     return DenseNet(depth, scaled(DENSE_GROWTH, percent), True, num_classes, stem_channels=2 * DENSE_GROWTH)
 
 
+def oeckd_member_archs(base: str) -> list[str]:
+    """The standalone networks equal to the OEC-KD students of `base` (`resnet20` -> resnet20, resnet20_w80, ..)."""
+    return [base if p == 100 else f"{base}_w{p}" for p in OEC_PERCENTS]
+
+
 def oeckd_resnet(depth: int, num_classes: int) -> MultiBranchNet:
     branches = [ResNetBranch(depth, RESNET_WIDTHS[0], tuple(scaled(c, p) for c in RESNET_WIDTHS), num_classes)
                 for p in OEC_PERCENTS]
-    archs = [f"resnet{depth}" if p == 100 else f"resnet{depth}_w{p}" for p in OEC_PERCENTS]
-    return MultiBranchNet(ResNetStem(RESNET_WIDTHS[0]), branches, archs)
+    return MultiBranchNet(ResNetStem(RESNET_WIDTHS[0]), branches, oeckd_member_archs(f"resnet{depth}"))
 
 
 def oeckd_densenet_bc(depth: int, num_classes: int) -> MultiBranchNet:
     stem = 2 * DENSE_GROWTH
     n = (depth - 4) // 6
     branches = [DenseBody(stem, scaled(DENSE_GROWTH, p), n, True, 0.5, num_classes) for p in OEC_PERCENTS]
-    archs = [f"densenet_bc{depth}" if p == 100 else f"densenet_bc{depth}_w{p}" for p in OEC_PERCENTS]
-    return MultiBranchNet(DenseStem(stem), branches, archs)
+    return MultiBranchNet(DenseStem(stem), branches, oeckd_member_archs(f"densenet_bc{depth}"))
 
 
 def ekd_resnet(depth: int, n_branches: int, num_classes: int) -> MultiBranchNet:

@@ -7,6 +7,7 @@ import pandas as pd
 
 from runner.folder import State, iter_folders
 from runner.measure import read_measurements
+from runner.spec import member_run_id
 
 COLUMNS = ["dataset", "method", "role", "seed", "student", "teacher", "status",
            *[f"best_top{k}" for k in range(1, 6)], *[f"last_top{k}" for k in range(1, 6)],
@@ -29,11 +30,9 @@ def run_rows(results_dir: str | Path) -> pd.DataFrame:
         rows.append(row)
         # networks a run delivers besides its main one (e.g. OEC-KD's students) get rows of their own
         for key, member in ((final or {}).get("members") or {}).items():
-            rows.append({**row, **{k: v for k, v in member.items() if k in COLUMNS},
-                         "method": f"{spec.method}-{key}", "role": "member"})
+            rows.append({**row, "method": f"{spec.method}-{key}", "run_id": member_run_id(folder.run_id, key),
+                         **{k: v for k, v in member.items() if k in COLUMNS}, "role": "member"})
     return pd.DataFrame(rows, columns=COLUMNS)
-
-
 
 
 def measurement_rows(results_dir: str | Path) -> pd.DataFrame:

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from data import dataset_info
-from methods import get_method, method_names
+from methods import default_methods, get_method
 from models import MODELS
 from models.pretrained import file_sha256, load_teacher
 
@@ -42,7 +42,7 @@ class PlannedRun:
 class PlanRequest:
     dataset: str = "cifar10"
     preset: str = "paper"
-    methods: list[str] | None = None  # None = every registered method
+    methods: list[str] | None = None  # None = the paper's 20 (`--all`)
     seeds: list[int] = field(default_factory=lambda: [0])
     epochs: int | None = None
     teacher_checkpoint: str | None = None
@@ -76,7 +76,8 @@ def data_spec(req: PlanRequest) -> DataSpec:
 
 
 def plan(req: PlanRequest) -> list[list[PlannedRun]]:
-    """Stages of runs: [teachers], [baselines + methods]. Each run depends only on runs of earlier stages."""
+    """Stages of runs: [teachers], [baselines + methods], [ensembles]. Each run depends only on runs of earlier
+    stages. The main teacher is planned when a method distils from it."""
     presets = load_presets()
     if req.preset not in presets:
         raise UserError(f"unknown preset {req.preset!r}; choose one of {', '.join(presets)}")
@@ -97,7 +98,7 @@ def plan(req: PlanRequest) -> list[list[PlannedRun]]:
     student = req.student or preset["student"]
     teacher_arch = req.teacher or preset["teacher"]
     _check_model(student, "student")
-    methods = method_names() if req.methods is None else req.methods
+    methods = default_methods() if req.methods is None else req.methods
     classes = [get_method(m) for m in methods]  # raises on an unknown name before anything runs
 
     published = None
@@ -115,10 +116,16 @@ def plan(req: PlanRequest) -> list[list[PlannedRun]]:
             t_info = {"teacher_path": str(Path(req.teacher_checkpoint).resolve())}
         else:
             t_spec = RunSpec(data=data, method="ce", student=teacher_arch, seed=seed, protocol=teacher_protocol)
-            teachers.append(PlannedRun(t_spec, "teacher", {"role": "teacher"}))
+            if any(cls.needs_teacher for cls in classes):  # e.g. `--methods oeckd` trains no teacher
+                teachers.append(PlannedRun(t_spec, "teacher", {"role": "teacher"}))
             teacher_ref, depends, t_info = {"run": t_spec.run_id, "arch": teacher_arch}, (t_spec.run_id,), {}
-        students.append(PlannedRun(RunSpec(data=data, method="ce", student=student, seed=seed,
-                                           protocol=protocol), "student", {"role": "student"}))
+        # CE runs of a network alone: the student's, and those a method asks for (OEC-KD's narrower students)
+        baselines = [student] + [arch for cls in classes
+                                 for arch in cls.baseline_archs(cls.resolve_hparams({}, req.dataset), student)]
+        for arch in dict.fromkeys(baselines):
+            _check_model(arch, "baseline")
+            students.append(PlannedRun(RunSpec(data=data, method="ce", student=arch, seed=seed, protocol=protocol),
+                                       "student", {"role": "student"}))
         extra_teachers = {}  # arch -> teacher run, shared by every method of this seed that needs it
         for name, cls in zip(methods, classes):
             if name == "ce":

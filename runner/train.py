@@ -32,7 +32,7 @@ from .errors import UserError
 from .evaluate import evaluate
 from .folder import RunFolder
 from .measure import measure, save_measurement
-from .spec import DataSpec, RunSpec, derive_seed
+from .spec import DataSpec, RunSpec, derive_seed, member_run_id
 from .store import CorruptFile, load_checked, save_checked, write_atomic, write_json_checked
 
 
@@ -319,9 +319,14 @@ class Run:
             self._measure(model, record)
         members = self.method.member_models()
         if members:
-            record["members"] = {
-                k: {**summarize([{"test": r["members"][k]} for r in rows]), "params": count_parameters(m)}
-                for k, m in members.items()}
+            record["members"] = {}
+            for key, member in members.items():
+                record["members"][key] = entry = {
+                    **summarize([{"test": r["members"][key]} for r in rows]), "params": count_parameters(member),
+                    "student": self.method.member_arch(key) or self.spec.student,
+                    "run_id": member_run_id(self.spec.run_id, key), "method": f"{self.spec.method}-{key}"}
+                if self.env.measure_repeats:
+                    self._measure(member, {**record, **entry, "extra_params": 0, "role": "member"})
         write_json_checked(self.folder.final, record)
         self.folder.ckpt.unlink(missing_ok=True)
         self.log(f"done: best top1 {record['best_top1']:.2f}, last top1 {record['last_top1']:.2f}")

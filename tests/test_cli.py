@@ -9,7 +9,9 @@ import pytest
 
 import benchmark
 from conftest import ROOT, shared_path
-from methods import REGISTRY, get_method
+from methods import ON_REQUEST, REGISTRY, get_method
+from report.paper import METHOD_NAMES
+from runner.plan import plan
 
 TINY = ["--preset", "smoke", "--teacher", "resnet8", "--epochs", "1", "--train-size", "128", "--test-size", "64"]
 
@@ -26,6 +28,26 @@ def test_list_names_every_registered_method(capsys):
         cls = get_method(name)
         line = next(l for l in out.splitlines() if l.split()[0] == name)
         assert cls.kind in line and cls.description in line and cls.paper in line
+
+
+def planned(*args):
+    stages = plan(benchmark.plan_request(benchmark.build_parser().parse_args(list(args))))
+    return [(r.role, r.spec.method, r.spec.student) for stage in stages for r in stage]
+
+
+def test_all_plans_the_papers_table_1():
+    runs = planned("--all")
+    assert runs[0] == ("teacher", "ce", "resnet110") and runs[1] == ("student", "ce", "resnet20")
+    assert [m for role, m, _ in runs if role == "student" and m != "ce"] == list(METHOD_NAMES)
+    assert [hp for role, hp, _ in runs if role == "ensemble"] == ["ensemble"] * 4
+    assert len(runs) == 2 + 20 + 4 and not {m for _, m, _ in runs} & set(ON_REQUEST)
+
+
+def test_methods_narrows_all_and_the_teacher_is_planned_only_when_used(capsys):
+    assert planned("--all", "--methods", "st") == [("teacher", "ce", "resnet110"), ("student", "ce", "resnet20"),
+                                                    ("student", "st", "resnet20")]
+    assert "instead of the paper's 20" in capsys.readouterr().err
+    assert planned("--methods", "dml") == [("student", "ce", "resnet20"), ("student", "dml", "resnet20")]
 
 
 def test_sweep_is_idempotent_and_collected(tmp_path, capsys):

@@ -183,6 +183,41 @@ def test_plan_adds_ekd_teachers_and_reuses_the_main_one():
     json.dumps(ekd.spec.to_dict())  # the teacher list is part of the run id
 
 
+def test_plan_adds_the_oeckd_baselines_once():
+    stages = plan(PlanRequest(preset="smoke", methods=["oeckd"], seeds=[0, 1]))
+    assert len(stages) == 1, "OEC-KD distils from no pretrained teacher: none is planned"
+    baselines = [(r.spec.seed, r.spec.student) for r in stages[0] if r.role == "student" and r.spec.method == "ce"]
+    archs = ["resnet20", "resnet20_w80", "resnet20_w60", "resnet20_w40", "resnet20_w20"]
+    assert baselines == [(seed, a) for seed in (0, 1) for a in archs]
+
+
+def test_oeckd_run_gives_a_timed_row_per_student(tmp_path):
+    import benchmark
+    import pandas as pd
+
+    args = ["--methods", "oeckd", "--preset", "smoke", "--student", "resnet8", "--epochs", "1",
+            "--train-size", "128", "--test-size", "64", "--results-dir", str(tmp_path)]
+    assert benchmark.main(args) == 0
+    label = next(tmp_path.glob("*/summary.csv")).parent
+    summary = pd.read_csv(label / "summary.csv")
+    members = summary[summary.role == "member"].set_index("method")
+    names = [f"oeckd-s{j}" for j in range(1, 6)] + ["oeckd-ens"]
+    assert sorted(members.index) == sorted(names)
+    members = members.loc[names]
+    assert list(members.student) == ["resnet8", "resnet8_w80", "resnet8_w60", "resnet8_w40", "resnet8_w20",
+                                     "oeckd_resnet8"]
+    baselines = summary[summary.method == "ce"]
+    assert sorted(baselines.student) == sorted(members.student[:5])
+    # each student is as big as its baseline, and is timed under its own id
+    assert (members.params[:5].values == baselines.set_index("student").loc[members.student[:5], "params"]).all()
+    measured = pd.read_csv(label / "measurements.csv").set_index("run_id")
+    assert set(members.run_id) <= set(measured.index)
+    table2 = (tmp_path / "tables" / "table2.md").read_text()
+    row = next(line for line in table2.splitlines() if line.startswith("| OEC-KD s2 (resnet8_w80)"))
+    time_s = row.split("|")[2].split("(")[0]  # the CIFAR-10 time cell: "0.0123 (n=1)"
+    assert float(time_s) > 0
+
+
 # ---- KDFM ---------------------------------------------------------------------------------------------------
 def test_kdfm_shares_the_teachers_frozen_classifier():
     method, batch = build("kdfm")
