@@ -1,4 +1,4 @@
-"""Ensembles: voting rules, batched (vmap) inference equal to the loop, planning, and a recorded ensemble row."""
+"""Ensembles: voting rules, batched (fused or vmap) inference equal to the loop, planning, and a recorded row."""
 from __future__ import annotations
 
 import pandas as pd
@@ -8,6 +8,7 @@ import torch
 import benchmark
 from data import DATASETS, EvalLoader
 from models import build_model
+from models.fused import FusedResNetEnsemble
 from models.pretrained import load_teacher
 from runner.ensemble import LoopEnsemble, StackedEnsemble, build_ensemble, combine, ensemble_name
 from runner.errors import UserError
@@ -35,20 +36,33 @@ def test_paper_ensemble_names():
     assert ensemble_name(("st", "crd")) == "ens-st-crd"
 
 
-def test_batched_inference_equals_the_loop():
+def trained_looking(arch, n=3):
+    """Members with non-trivial BatchNorm statistics and affine parameters (folding must use all four)."""
     torch.manual_seed(0)
-    members = [build_model("resnet20", 10).eval() for _ in range(3)]
-    for m in members:  # non-trivial BatchNorm statistics
+    members = [build_model(arch, 10).eval() for _ in range(n)]
+    for m in members:
         for bn in (x for x in m.modules() if isinstance(x, torch.nn.BatchNorm2d)):
             bn.running_mean.uniform_(-0.1, 0.1)
             bn.running_var.uniform_(0.5, 1.5)
+            bn.weight.data.uniform_(0.5, 1.5)
+            bn.bias.data.uniform_(-0.1, 0.1)
+    return members
+
+
+@pytest.mark.parametrize("arch,kind", [("resnet20", FusedResNetEnsemble), ("resnet8_a", FusedResNetEnsemble),
+                                       ("mobilenet", StackedEnsemble)])
+def test_batched_inference_equals_the_loop(arch, kind):
+    members = trained_looking(arch)
     x = torch.randn(8, 3, 32, 32)
-    stacked, loop = build_ensemble(members, True), build_ensemble(members, False)
-    assert isinstance(stacked, StackedEnsemble) and isinstance(loop, LoopEnsemble)
+    batched, loop = build_ensemble(members, True), build_ensemble(members, False)
+    assert isinstance(batched, kind) and isinstance(loop, LoopEnsemble)
     with torch.inference_mode():
-        torch.testing.assert_close(stacked(x), loop(x), rtol=1e-4, atol=1e-4)
-    mixed = build_ensemble([members[0], build_model("resnet8", 10).eval()], True)
-    assert isinstance(mixed, LoopEnsemble), "different architectures fall back to the loop"
+        torch.testing.assert_close(batched(x), loop(x), rtol=1e-4, atol=1e-4)
+
+
+def test_different_architectures_fall_back_to_the_loop():
+    mixed = build_ensemble([build_model("resnet20", 10), build_model("resnet8", 10)], True)
+    assert isinstance(mixed, LoopEnsemble)
 
 
 def test_planning_adds_paper_and_user_ensembles():
