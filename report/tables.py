@@ -306,6 +306,9 @@ def table2(summary: pd.DataFrame, measurements: pd.DataFrame | None, datasets: d
         "weight size, 4 bytes × parameters / 10⁶.",
         *data_sentences(datasets, "Δ time", "; Δ params is, the networks being the same"),
         "The 20 distillation methods run the student's network at inference and are listed only when measured.",
+        "Ensembles are timed as one batched computation of their members (CIFAR ResNets fused into one network "
+        "of grouped convolutions); the time of a loop over the members is in measurements.csv "
+        "(inference_time_loop_s).",
         LEGEND, "“not measured”: finished, but not timed on this device."])
     return Table("table2", "Table 2", caption, groups, [(None, lines)],
                  device_notes + run_notes(runs, datasets), pd.DataFrame(records))
