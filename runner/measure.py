@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .spec import member_run_id
 from .store import write_atomic
 
 
@@ -128,7 +129,22 @@ def remeasure(folder, env) -> dict | None:
         model = load_teacher(folder.model, ds.num_classes, norm)[0].to(device)
         record = measure(model, inputs, count_parameters(model), final.get("extra_params", 0),
                          repeats=env.measure_repeats or 3)
+        for key, member in member_networks(model, final.get("members") or {}).items():
+            m = measure(member, inputs, count_parameters(member), repeats=env.measure_repeats or 3)
+            m.update(run_id=member_run_id(folder.run_id, key), method=f"{final['method']}-{key}",
+                     dataset=spec.data.label, seed=spec.seed, role="member")
+            save_measurement(folder.path, m)
     record.update(run_id=folder.run_id, method=final["method"], dataset=spec.data.label, seed=spec.seed,
                   role=final.get("role", info.get("role", "method")))
     save_measurement(folder.path, record)
     return record
+
+
+def member_networks(model, keys) -> dict:
+    """The member networks of a saved multi-branch model, by the keys its run recorded: `<letter><j>` is stem +
+    branch j (OEC-KD's s1.., EKD's b1..), any other key the whole network (OEC-KD's `ens`)."""
+    from models.branches import MultiBranchNet
+
+    if not isinstance(model, MultiBranchNet):
+        return {}
+    return {k: model.member(int(k[1:]) - 1) if k[1:].isdigit() else model for k in keys}

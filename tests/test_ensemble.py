@@ -100,3 +100,10 @@ def test_ensemble_row_is_recorded_and_correct(tmp_path):
     ens = measurements[measurements.method == "ens-st-logits"].iloc[0]
     assert ens.inference_time_s > 0 and ens.inference_time_loop_s > 0
     assert {"device_name", "torch", "threads", "precision", "batch_size"} <= set(measurements.columns)
+    # measuring again (as on another machine) adds one row per finished run and overwrites none
+    before = {p: p.read_bytes() for p in tmp_path.glob("runs/*/measurements/*.json")}
+    assert benchmark.main(["measure", "--results-dir", str(tmp_path)]) == 0
+    assert all(p.read_bytes() == data for p, data in before.items())
+    assert len(list(tmp_path.glob("runs/*/measurements/*.json"))) == len(before) + len(summary)
+    remeasured = pd.read_csv(next(tmp_path.glob("*/measurements.csv")))
+    assert (remeasured.groupby("run_id").size() == 2).all()

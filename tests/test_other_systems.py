@@ -216,6 +216,10 @@ def test_oeckd_run_gives_a_timed_row_per_student(tmp_path):
     row = next(line for line in table2.splitlines() if line.startswith("| OEC-KD s2 (resnet8_w80)"))
     time_s = row.split("|")[2].split("(")[0]  # the CIFAR-10 time cell: "0.0123 (n=1)"
     assert float(time_s) > 0
+    # `measure` times the students again too
+    assert benchmark.main(["measure", "--results-dir", str(tmp_path)]) == 0
+    counts = pd.read_csv(label / "measurements.csv").groupby("run_id").size()
+    assert (counts[list(members.run_id)] == 2).all()
 
 
 # ---- KDFM ---------------------------------------------------------------------------------------------------
