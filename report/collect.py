@@ -46,7 +46,7 @@ def training_curves(results_dir: str | Path, label: str) -> dict[str, list[list[
     curves: dict[str, list[list[float]]] = {}
     for folder in iter_folders(results_dir):
         spec, info = folder.read_spec()
-        if spec.data.label != label or spec.method == "ensemble" or folder.state() != State.DONE:
+        if spec.data.label != label or spec.method in ("ensemble", "published") or folder.state() != State.DONE:
             continue
         name = {"teacher": "teacher", "student": "student"}.get(info.get("role"), spec.method)
         curves.setdefault(name, []).append([r["test"]["top1"] for r in folder.read_epochs()])

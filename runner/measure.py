@@ -105,6 +105,7 @@ def remeasure(folder, env) -> dict | None:
 
     from .ensemble import build_ensemble, combine
     from .folder import RunFolder, State
+    from .published import checkpoint_path
     from .train import cached_splits
 
     if folder.state() != State.DONE:
@@ -126,7 +127,8 @@ def remeasure(folder, env) -> dict | None:
         record["inference_time_loop_s"] = measure(lambda x: combine(loop(x), voting), inputs, params,
                                                   repeats=env.measure_repeats or 3)["inference_time_s"]
     else:
-        model = load_teacher(folder.model, ds.num_classes, norm)[0].to(device)
+        path = checkpoint_path(spec, info) if spec.method == "published" else folder.model
+        model = load_teacher(path, ds.num_classes, norm)[0].to(device)
         record = measure(model, inputs, count_parameters(model), final.get("extra_params", 0),
                          repeats=env.measure_repeats or 3)
         for key, member in member_networks(model, final.get("members") or {}).items():

@@ -110,6 +110,12 @@ def plan(req: PlanRequest) -> list[list[PlannedRun]]:
         _check_model(teacher_arch, "teacher")
 
     teachers, students = [], []
+    if published and any(cls.needs_teacher for cls in classes):
+        # its own row in the tables: evaluated and measured once, trained never (runner/published.py)
+        spec = RunSpec(data=data, method="published", student=published["arch"], seed=0, protocol=Protocol(),
+                       teacher=dict(published))
+        path = str(Path(req.teacher_checkpoint).resolve())
+        teachers.append(PlannedRun(spec, "teacher", {"role": "teacher", "teacher_path": path}))
     for seed in req.seeds:
         if published:
             teacher_ref, depends = dict(published), ()

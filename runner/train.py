@@ -375,6 +375,9 @@ def execute(spec: RunSpec, env: RunEnv, info: dict | None = None, retries: int =
                 if spec.method == "ensemble":
                     from .ensemble import execute_ensemble
                     return execute_ensemble(spec, env, info)
+                if spec.method == "published":
+                    from .published import execute_published
+                    return execute_published(spec, env, info)
                 run = Run(spec, env, info)
                 run.claim = claim
                 return run.execute()

@@ -107,9 +107,41 @@ def test_published_teacher_is_used_without_training_one(tmp_path, capsys):
     args = ["--methods", "st", "--preset", "smoke", "--epochs", "1", "--train-size", "128", "--test-size", "64",
             "--teacher-checkpoint", str(ckpt)]
     assert cli(*args, results=tmp_path) == 0
-    summary = pd.read_csv(next(tmp_path.glob("*/summary.csv")))
-    assert sorted(summary.method) == ["ce", "st"]
-    assert summary.set_index("method").loc["st", "teacher"] == "resnet20_a"
+    summary = pd.read_csv(next(tmp_path.glob("*/summary.csv"))).set_index("method")
+    assert sorted(summary.index) == ["ce", "published", "st"], "the teacher is evaluated, not trained"
+    assert summary.loc["st", "teacher"] == "resnet20_a"
+    teacher = summary.loc["published"]
+    assert (teacher.role, teacher.student, teacher.status, teacher.epochs) == ("teacher", "resnet20_a", "DONE", 0)
+    assert teacher.params == 269_722  # He et al.'s ResNet-20 (option A): 0.27 M
+    # its accuracy is the checkpoint's own on this test split
+    from data import DATASETS, EvalLoader
+    from models.pretrained import load_teacher
+    from runner.evaluate import evaluate
+    from runner.folder import RunFolder
+    from runner.train import cached_splits
+
+    spec, _ = RunFolder(tmp_path, teacher.run_id).read_spec()
+    ds = DATASETS["cifar10"]
+    model = load_teacher(ckpt, 10, (ds.mean, ds.std))[0]
+    expected = evaluate(model, EvalLoader(cached_splits(spec.data, None, False)[1], 64, ds.mean, ds.std))
+    assert teacher.best_top1 == teacher.last_top1 == pytest.approx(expected["top1"])
+    assert "| Teacher (resnet20_a)" in (tmp_path / "tables" / "table1.md").read_text()
+
+
+def test_published_teacher_changed_on_disk_is_refused(tmp_path):
+    import shutil
+
+    from runner.errors import UserError
+    from runner.train import RunEnv, execute
+
+    ckpt = tmp_path / "teacher.th"
+    shutil.copy(shared_path("weights", "akamaster_cifar10_resnet20-12fca82f.th"), ckpt)
+    (run, *_), *_ = plan(benchmark.plan_request(benchmark.build_parser().parse_args(
+        ["--methods", "st", *TINY[:2], "--teacher-checkpoint", str(ckpt)])))
+    assert run.spec.method == "published"
+    shutil.copy(shared_path("weights", "akamaster_cifar10_resnet56-4bfd9763.th"), ckpt)
+    with pytest.raises(UserError, match="has changed since"):
+        execute(run.spec, RunEnv(results_dir=str(tmp_path / "results"), measure_repeats=0), run.info)
 
 
 def test_console_entry_point_runs():
