@@ -110,21 +110,22 @@ def plan(req: PlanRequest) -> list[list[PlannedRun]]:
         _check_model(teacher_arch, "teacher")
 
     teachers, students = [], []
-    if published and any(cls.needs_teacher for cls in classes):
+    uses_teacher = any(cls.needs_teacher for cls in classes)  # e.g. `--methods oeckd` needs none
+    t_info = {}  # what a student needs to find its teacher besides the spec: a published one's path
+    if published and uses_teacher:
         # its own row in the tables: evaluated and measured once, trained never (runner/published.py)
+        t_info = {"teacher_path": str(Path(req.teacher_checkpoint).resolve())}
         spec = RunSpec(data=data, method="published", student=published["arch"], seed=0, protocol=Protocol(),
                        teacher=dict(published))
-        path = str(Path(req.teacher_checkpoint).resolve())
-        teachers.append(PlannedRun(spec, "teacher", {"role": "teacher", "teacher_path": path}))
+        teachers.append(PlannedRun(spec, "teacher", {"role": "teacher", **t_info}))
     for seed in req.seeds:
         if published:
             teacher_ref, depends = dict(published), ()
-            t_info = {"teacher_path": str(Path(req.teacher_checkpoint).resolve())}
         else:
             t_spec = RunSpec(data=data, method="ce", student=teacher_arch, seed=seed, protocol=teacher_protocol)
-            if any(cls.needs_teacher for cls in classes):  # e.g. `--methods oeckd` trains no teacher
+            if uses_teacher:
                 teachers.append(PlannedRun(t_spec, "teacher", {"role": "teacher"}))
-            teacher_ref, depends, t_info = {"run": t_spec.run_id, "arch": teacher_arch}, (t_spec.run_id,), {}
+            teacher_ref, depends = {"run": t_spec.run_id, "arch": teacher_arch}, (t_spec.run_id,)
         # CE runs of a network alone: the student's, and those a method asks for (OEC-KD's narrower students)
         baselines = [student] + [arch for cls in classes
                                  for arch in cls.baseline_archs(cls.resolve_hparams({}, req.dataset), student)]
