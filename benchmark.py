@@ -214,8 +214,6 @@ def _labels(args) -> dict:
 
 
 def cmd_table(args) -> int:
-    import pandas as pd
-
     from report.collect import measurement_rows, run_rows
     from report.tables import write_tables
 

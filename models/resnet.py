@@ -6,7 +6,6 @@ features that distillation methods tap; the ReLUs are not in-place, so the pre-a
 """
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 

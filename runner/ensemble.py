@@ -20,7 +20,6 @@ convolutions with BatchNorm folded in (`models.fused`); other architectures are 
 from __future__ import annotations
 
 import copy
-import json
 
 import torch
 import torch.nn as nn
@@ -37,7 +36,7 @@ from .evaluate import topk_accuracy
 from .folder import RunFolder
 from .measure import measure, save_measurement
 from .spec import RunSpec
-from .store import write_atomic, write_json_checked
+from .store import write_json_checked
 
 VOTING = ("logits", "probs", "hard")
 PAPER_ENSEMBLES = {"ens-at-logits": ("at", "logits"), "ens-rkd-logits": ("rkd", "logits"),
@@ -136,9 +135,7 @@ def execute_ensemble(spec: RunSpec, env, info: dict | None = None) -> dict:
     done = folder.read_final()
     if done is not None and done.get("status") == "done":
         return done
-    folder.path.mkdir(parents=True, exist_ok=True)
-    record = {"run_id": spec.run_id, "spec": spec.to_dict(), "info": {"role": "ensemble", **(info or {})}}
-    write_atomic(folder.spec_json, json.dumps(record, indent=1, sort_keys=True).encode())
+    folder.write_spec(spec, {"role": "ensemble", **(info or {})})
     hp = spec.hparams
     ds = dataset_info(spec.data.dataset)
     norm = (ds.mean, ds.std)

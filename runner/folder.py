@@ -11,7 +11,8 @@ from enum import Enum
 from pathlib import Path
 
 from .spec import RunSpec
-from .store import CorruptFile, read_json_checked
+from .errors import UserError
+from .store import CorruptFile, read_json_checked, write_atomic
 
 
 class State(str, Enum):
@@ -40,6 +41,19 @@ class RunFolder:
         """The spec and the unhashed run information (e.g. where a published teacher lives)."""
         d = json.loads(self.spec_json.read_text())
         return RunSpec.from_dict(d["spec"]), d.get("info", {})
+
+    def write_spec(self, spec: RunSpec, info: dict) -> dict:
+        """Create the folder and record its spec (PARTIAL from now on); returns the run information, merged
+        with what an earlier start recorded. A folder holding another spec is damaged, never overwritten."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        record = {"run_id": spec.run_id, "spec": spec.to_dict(), "info": info}
+        if self.spec_json.exists():
+            old = json.loads(self.spec_json.read_text())
+            if old["spec"] != record["spec"]:
+                raise UserError(f"{self.spec_json} holds another spec: the results folder is damaged")
+            record["info"] = {**old.get("info", {}), **info}
+        write_atomic(self.spec_json, json.dumps(record, indent=1, sort_keys=True).encode())
+        return record["info"]
 
     def read_final(self) -> dict | None:
         if not self.final.exists():

@@ -8,8 +8,6 @@ evaluation; the run is planned once per dataset (seed 0), since nothing in it de
 """
 from __future__ import annotations
 
-import json
-
 import torch
 
 from data import EvalLoader, dataset_info
@@ -21,7 +19,7 @@ from .evaluate import evaluate
 from .folder import RunFolder
 from .measure import measure, save_measurement
 from .spec import RunSpec
-from .store import write_atomic, write_json_checked
+from .store import write_json_checked
 
 METHOD = "published"
 
@@ -45,9 +43,7 @@ def execute_published(spec: RunSpec, env, info: dict | None = None) -> dict:
     done = folder.read_final()
     if done is not None and done.get("status") == "done":
         return done
-    folder.path.mkdir(parents=True, exist_ok=True)
-    record = {"run_id": spec.run_id, "spec": spec.to_dict(), "info": {"role": "teacher", **(info or {})}}
-    write_atomic(folder.spec_json, json.dumps(record, indent=1, sort_keys=True).encode())
+    folder.write_spec(spec, {"role": "teacher", **(info or {})})
     ds = dataset_info(spec.data.dataset)
     model = load_teacher(checkpoint_path(spec, info), ds.num_classes, (ds.mean, ds.std))[0]
     model = model.to(torch.device(env.device))

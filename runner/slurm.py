@@ -417,8 +417,6 @@ def _submit_array(runs: list[PlannedRun], deps: tuple, params: dict, profile: di
     """Write each run's spec.json and submit the runs as one job array (one job if alone) after `deps`."""
     import submitit
 
-    from .train import Run, RunEnv
-
     executor = submitit.AutoExecutor(folder=sweep_dir / "%j", cluster="slurm",
                                      slurm_max_num_timeout=profile["max_requeues"],
                                      **({"slurm_python": profile["python"]} if profile.get("python") else {}))
@@ -426,10 +424,9 @@ def _submit_array(runs: list[PlannedRun], deps: tuple, params: dict, profile: di
     if deps:
         p["slurm_dependency"] = "afterok:" + ":".join(deps)
     executor.update_parameters(**p)
-    run_env = RunEnv(**{**env_fields, "log": lambda msg: None})
     callables = []
     for run in runs:
-        Run(run.spec, run_env, run.info)._write_spec()  # the job's whole input is this file
+        RunFolder(results, run.run_id).write_spec(run.spec, run.info)  # the job's whole input is this file
         callables.append(SlurmRun(str(RunFolder(results, run.run_id).spec_json), env_fields, retries))
     try:
         with executor.batch():

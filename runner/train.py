@@ -150,16 +150,6 @@ class Run:
             f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + line + "\n")
 
     # ---- set-up --------------------------------------------------------------------------------------------
-    def _write_spec(self) -> None:
-        self.folder.path.mkdir(parents=True, exist_ok=True)
-        record = {"run_id": self.spec.run_id, "spec": self.spec.to_dict(), "info": self.info}
-        if self.folder.spec_json.exists():
-            old = json.loads(self.folder.spec_json.read_text())
-            if old["spec"] != record["spec"]:
-                raise UserError(f"{self.folder.spec_json} holds another spec: the results folder is damaged")
-            self.info = {**old.get("info", {}), **self.info}
-            record["info"] = self.info
-        write_atomic(self.folder.spec_json, json.dumps(record, indent=1, sort_keys=True).encode())
 
     def _build(self):
         spec, info_ds = self.spec, dataset_info(self.spec.data.dataset)
@@ -225,7 +215,7 @@ class Run:
     def _train_epoch(self, epoch, total, stage, stage_epoch, optimizer) -> tuple[dict, float]:
         method = self.method
         method.train(True)
-        sums, correct, seen = {}, torch.zeros((), device=self.device), 0
+        sums, seen = {}, 0
         info = StepInfo(epoch, total, stage, stage_epoch)
         for step, batch in enumerate(self.train_loader.epoch(epoch)):
             info.step = step
@@ -241,7 +231,7 @@ class Run:
 
     def execute(self) -> dict:
         spec = self.spec
-        self._write_spec()
+        self.info = self.folder.write_spec(spec, self.info)
         done = self.folder.read_final()
         if done is not None and done.get("status") == "done":
             return done
