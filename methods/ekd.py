@@ -15,9 +15,11 @@ Defaults [D]:
 * student: a shared stem conv3x3(16)-BN-ReLU and N = len(teachers) = 3 parallel ResNet-8 branches (`branch`:
   widths 16/32/64, one BasicBlock per stage, option-B shortcuts, GAP + FC), registered as `ekd3_resnet8`
   (0.23 M parameters at 10 classes, close to one ResNet-20). The benchmark's `--student` does not change it;
-* teachers: `teachers` = ["resnet110", "resnet56", "resnet32"], CE runs of the same data and seed planned
-  automatically (`teacher_archs`); when the run's main teacher has the same architecture and protocol it *is*
-  that run. Branch i learns from teachers[i] only. The run's own main teacher is not used otherwise;
+* teachers: `teachers` = ["resnet110", "resnet56", "densenet40"]: two depths of one family and one other
+  family (DenseNet-40, k = 12), since the point is knowledge that differs per branch. CE runs of the same data
+  and seed, planned automatically (`teacher_archs`); when the run's main teacher has the same architecture and
+  protocol it *is* that run. Branch i learns from teachers[i] only. The run's own main teacher is not used
+  otherwise;
 * knowledge = soft logits only: KL at T = 4, weight 1, times T^2; the feature hint (branch i's pooled vector
   through a linear adapter onto teacher i's) exists but is off (hint_weight 0);
 * ensemble = plain mean of the branch logits, with one CE term (ens_ce 1) and no KD on it;
@@ -49,9 +51,9 @@ class EKD(Method):
     name = "ekd"
     kind = "ensemble"
     description = ("paper-inspired: multi-branch student (stem + 3 ResNet-8 branches), branch i distilled "
-                   "(CE + KD, T=4) from teacher i of resnet110/56/32, output = mean of branch logits")
+                   "(CE + KD, T=4) from teacher i of resnet110/resnet56/densenet40, output = mean of branch logits")
     paper = "Asif, Tang & Harrer, ECAI 2020 (arXiv 1909.08097)"
-    defaults = {"weight": 1.0, "T": 4.0, "teachers": ["resnet110", "resnet56", "resnet32"], "branch": "resnet8",
+    defaults = {"weight": 1.0, "T": 4.0, "teachers": ["resnet110", "resnet56", "densenet40"], "branch": "resnet8",
                 "ens_ce": 1.0, "hint_weight": 0.0}
     needs_teacher = False  # every teacher comes from `teachers`, so the hyperparameters say exactly which
     student_taps = ("logits", "pool")
