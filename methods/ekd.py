@@ -131,3 +131,7 @@ class EKD(Method):
         if self._members is None:
             self._members = {f"b{j + 1}": self.student.member(j) for j in range(len(self.student.branches))}
         return self._members
+
+    def member_arch(self, key: str) -> str | None:
+        """Stem + one branch is a plain `branch` network (ResNet-8 by default), parameter for parameter."""
+        return self.hp["branch"]

@@ -228,7 +228,9 @@ def plot_accuracy(points: pd.DataFrame, x: str, title: str, select: str = "best"
     """Top-1 against params (log axis: 0.27 M to 1.7 M spans a factor of six) or inference time."""
     import matplotlib
     with matplotlib.rc_context(STYLE):
-        height = min(6.5, max(2.6, 1.0 + 0.13 * _largest_column(points["x"].to_numpy())))
+        # tall enough for the labels of the largest column, and for many scattered points (~0.9 line each)
+        lines = max(_largest_column(points["x"].to_numpy()), int(0.9 * len(points)))
+        height = min(6.5, max(2.6, 1.0 + 0.13 * lines))
         fig = _new_figure(COLUMN_WIDTH, height)
         # fixed margins (in inches) rather than a layout engine: label positions are computed in display
         # coordinates and must not move afterwards

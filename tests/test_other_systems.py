@@ -160,6 +160,13 @@ def test_ekd_defaults_and_student():
     assert count_parameters(build_model("ekd3_resnet8", 10)) < count_parameters(build_model("resnet20", 10))
 
 
+def test_ekd_branches_are_plain_resnet8s():
+    method, _ = build("ekd", hparams={"teachers": ["resnet14", "resnet8"]})
+    for key, member in method.member_models().items():
+        arch = method.member_arch(key)
+        assert arch == "resnet8" and count_parameters(member) == count_parameters(build_model(arch, NUM_CLASSES))
+
+
 def test_ekd_hint_is_optional():
     method, batch = build("ekd", hparams={"teachers": ["resnet14", "resnet8"], "hint_weight": 0.5})
     losses, _ = one_step(method, batch)
