@@ -10,6 +10,7 @@ tables can say why a number is absent or rests on fewer seeds, instead of droppi
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -65,6 +66,11 @@ def comparable_with_paper(row: RowId) -> bool:
     return arch in ("", paper_arch(key), paper_arch(key) + "_a")
 
 
+def _natural(text: str) -> list:
+    """Sort key reading digit runs as numbers: resnet8 < resnet20 < resnet20_w20 < resnet20_w80 < resnet110."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
 def ordered_rows(seen: Iterable[RowId], paper_keys: Iterable[str] = ROW_ORDER,
                  required: Iterable[str] | None = None) -> list[RowId]:
     """The paper's rows in the paper's order, each followed by its variants on other networks, then the
@@ -76,7 +82,7 @@ def ordered_rows(seen: Iterable[RowId], paper_keys: Iterable[str] = ROW_ORDER,
     out: list[RowId] = []
     for key in paper_keys:
         variants = [r for r in seen if r[0] == key]
-        variants.sort(key=lambda r: (not comparable_with_paper(r), r[1] != paper_arch(key)))
+        variants.sort(key=lambda r: (not comparable_with_paper(r), r[1] != paper_arch(key), _natural(r[1])))
         if key in required and not any(comparable_with_paper(r) for r in variants):
             variants.insert(0, (key, ""))
         out.extend(variants)
