@@ -12,14 +12,14 @@ once the PDF is (paper-notes §1.7 lists what to check).
       (+ hint_weight * sum_i MSE(A_i(h_i), g_i))        z_E = mean_i z_i,  t_i = logits of teacher i (frozen)
 
 Defaults [D]:
-* student: a shared stem conv3x3(16)-BN-ReLU and N = len(teachers) = 3 parallel ResNet-8 branches (`branch`:
+* student: a shared stem conv3x3(16)-BN-ReLU and N = 1 + len(teachers) = 3 parallel ResNet-8 branches (`branch`:
   widths 16/32/64, one BasicBlock per stage, option-B shortcuts, GAP + FC), registered as `ekd3_resnet8`
   (0.23 M parameters at 10 classes, close to one ResNet-20). The benchmark's `--student` does not change it;
-* teachers: `teachers` = ["resnet110", "resnet56", "densenet40"]: two depths of one family and one other
-  family (DenseNet-40, k = 12), since the point is knowledge that differs per branch. CE runs of the same data
-  and seed, planned automatically (`teacher_archs`); when the run's main teacher has the same architecture and
-  protocol it *is* that run. Branch i learns from teachers[i] only. The run's own main teacher is not used
-  otherwise;
+* teachers: branch 1 learns from the benchmark's teacher (`--teacher`, ResNet-110 by default, or a published
+  `--teacher-checkpoint`), branches 2.. from `teachers` = ["resnet56", "densenet40"]: two depths of one family
+  and one other family (DenseNet-40, k = 12), since the point is knowledge that differs per branch. Those are
+  CE runs of the same data and seed, planned automatically (`teacher_archs`). Branch i learns from teacher i
+  only;
 * knowledge = soft logits only: KL at T = 4, weight 1, times T^2; the feature hint (branch i's pooled vector
   through a linear adapter onto teacher i's) exists but is off (hint_weight 0);
 * ensemble = plain mean of the branch logits, with one CE term (ens_ce 1) and no KD on it;
@@ -51,11 +51,10 @@ class EKD(Method):
     name = "ekd"
     kind = "ensemble"
     description = ("paper-inspired: multi-branch student (stem + 3 ResNet-8 branches), branch i distilled "
-                   "(CE + KD, T=4) from teacher i of resnet110/resnet56/densenet40, output = mean of branch logits")
+                   "(CE + KD, T=4) from teacher i (the benchmark's, resnet56, densenet40), output = mean logits")
     paper = "Asif, Tang & Harrer, ECAI 2020 (arXiv 1909.08097)"
-    defaults = {"weight": 1.0, "T": 4.0, "teachers": ["resnet110", "resnet56", "densenet40"], "branch": "resnet8",
+    defaults = {"weight": 1.0, "T": 4.0, "teachers": ["resnet56", "densenet40"], "branch": "resnet8",
                 "ens_ce": 1.0, "hint_weight": 0.0}
-    needs_teacher = False  # every teacher comes from `teachers`, so the hyperparameters say exactly which
     student_taps = ("logits", "pool")
     teacher_taps = ("logits", "pool")
     loss_fn = staticmethod(ekd_loss)
@@ -64,9 +63,10 @@ class EKD(Method):
     def resolve_hparams(cls, overrides: dict, dataset: str) -> dict:
         hp = super().resolve_hparams(overrides, dataset)
         teachers = hp["teachers"]
-        if not isinstance(teachers, list) or len(teachers) < 2 or not all(isinstance(t, str) for t in teachers):
+        if not isinstance(teachers, list) or not teachers or not all(isinstance(t, str) for t in teachers):
             from runner.errors import UserError
-            raise UserError(f"ekd: 'teachers' must be a list of at least two architecture names, got {teachers!r}")
+            raise UserError(f"ekd: 'teachers' must be a list of architecture names (the teachers of branches 2..; "
+                            f"branch 1 has the benchmark's teacher), got {teachers!r}")
         return hp
 
     @classmethod
@@ -77,7 +77,7 @@ class EKD(Method):
     def student_arch(cls, hparams: dict, student: str) -> str:
         """N = len(teachers) branches of `branch` on one stem, e.g. `ekd3_resnet8`; the benchmark student is
         not used (the multi-branch student is the method's own architecture)."""
-        return f"ekd{len(hparams['teachers'])}_{hparams['branch']}"
+        return f"ekd{1 + len(hparams['teachers'])}_{hparams['branch']}"
 
     def __init__(self, student, teacher, hparams, ctx):
         super().__init__(student, teacher, hparams, ctx)
@@ -85,7 +85,9 @@ class EKD(Method):
         if missing:
             raise ValueError(f"ekd: teachers {missing} are not loaded (ctx.extra_teachers has "
                              f"{sorted(ctx.extra_teachers)}); the planner adds them through `teacher_archs`")
-        self.teachers = [ctx.extra_teachers[a] for a in self.hp["teachers"]]
+        if teacher is None:
+            raise ValueError("ekd: branch 1 learns from the benchmark's teacher, and none was given")
+        self.teachers = [self.teacher] + [ctx.extra_teachers[a] for a in self.hp["teachers"]]
         for t in self.teachers:
             t.eval()
             for p in t.parameters():

@@ -205,8 +205,8 @@ def oeckd_densenet_bc(depth: int, num_classes: int) -> MultiBranchNet:
 
 def ekd_resnet(depth: int, n_branches: int, num_classes: int) -> MultiBranchNet:
     """EKD's default student [D]: a ResNet stem (16 ch) and `n_branches` full-width ResNet-`depth` branches."""
-    return MultiBranchNet(ResNetStem(RESNET_WIDTHS[0]),
-                          [ResNetBranch(depth, RESNET_WIDTHS[0], RESNET_WIDTHS, num_classes) for _ in range(n_branches)])
+    branches = [ResNetBranch(depth, RESNET_WIDTHS[0], RESNET_WIDTHS, num_classes) for _ in range(n_branches)]
+    return MultiBranchNet(ResNetStem(RESNET_WIDTHS[0]), branches)
 
 
 RESNET_DEPTHS = (8, 14, 20, 32, 44, 56, 110)

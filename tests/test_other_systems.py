@@ -140,9 +140,8 @@ def test_ekd_loss_zero_kd_when_branches_equal_their_teachers():
 
 
 def test_ekd_each_branch_learns_from_its_own_teacher():
-    hp = {"teachers": ["resnet14", "resnet8"]}
-    method, batch = build("ekd", hparams=hp)
-    assert method.teachers[0] is not method.teachers[1]
+    method, batch = build("ekd", hparams={"teachers": ["resnet8"]})
+    assert method.teachers[0] is method.teacher and method.teachers[1] is not method.teacher
     method.train(True)
     losses = method.losses(batch, None)
     losses["kd_b1"].backward()
@@ -155,20 +154,20 @@ def test_ekd_defaults_and_student():
     cls = get_method("ekd")
     assert "paper-inspired" in cls.description
     hp = cls.resolve_hparams({}, "cifar10")
-    assert cls.teacher_archs(hp) == ["resnet110", "resnet56", "densenet40"]
+    assert cls.needs_teacher and cls.teacher_archs(hp) == ["resnet56", "densenet40"]
     assert cls.student_arch(hp, "resnet20") == "ekd3_resnet8"
     assert count_parameters(build_model("ekd3_resnet8", 10)) < count_parameters(build_model("resnet20", 10))
 
 
 def test_ekd_branches_are_plain_resnet8s():
-    method, _ = build("ekd", hparams={"teachers": ["resnet14", "resnet8"]})
+    method, _ = build("ekd", hparams={"teachers": ["resnet8"]})
     for key, member in method.member_models().items():
         arch = method.member_arch(key)
         assert arch == "resnet8" and count_parameters(member) == count_parameters(build_model(arch, NUM_CLASSES))
 
 
 def test_ekd_hint_is_optional():
-    method, batch = build("ekd", hparams={"teachers": ["resnet14", "resnet8"], "hint_weight": 0.5})
+    method, batch = build("ekd", hparams={"teachers": ["resnet8"], "hint_weight": 0.5})
     losses, _ = one_step(method, batch)
     assert "hint" in losses and len(method.extra["hint"]) == 2
 
@@ -176,19 +175,36 @@ def test_ekd_hint_is_optional():
 def test_ekd_refuses_missing_teachers():
     with pytest.raises(ValueError, match="not loaded"):
         build("ekd", extra={})
+    cls = get_method("ekd")
+    hp = cls.resolve_hparams({"teachers": ["resnet8"]}, "cifar10")
+    ctx = Context(num_classes=10, dataset="cifar10", seed=0, device=torch.device("cpu"),
+                  train_labels=torch.arange(8) % 10, epochs=2, extra_teachers={"resnet8": build_model("resnet8", 10)})
+    with pytest.raises(ValueError, match="benchmark's teacher"):
+        cls(build_model("ekd2_resnet8", 10), None, hp, ctx)
 
 
 def test_plan_adds_ekd_teachers_and_reuses_the_main_one():
     stages = plan(PlanRequest(preset="smoke", methods=["ekd", "oeckd"]))
     teachers = [r.spec.student for r in stages[0]]
-    assert teachers == ["resnet110", "resnet56", "densenet40"], "resnet110 is the main teacher's run, planned once"
+    assert teachers == ["resnet110", "resnet56", "densenet40"], "branch 1's is the benchmark's teacher"
     runs = {r.spec.method: r for r in stages[1] if r.spec.method != "ce"}
     ekd, oec = runs["ekd"], runs["oeckd"]
-    assert ekd.spec.student == "ekd3_resnet8" and [t["arch"] for t in ekd.spec.teacher["extra"]] == teachers
-    assert ekd.spec.teacher["extra"][0]["run"] == stages[0][0].run_id
+    assert ekd.spec.student == "ekd3_resnet8" and ekd.spec.teacher["run"] == stages[0][0].run_id
+    assert [t["arch"] for t in ekd.spec.teacher["extra"]] == teachers[1:]
     assert set(ekd.depends) == {r.run_id for r in stages[0]}
     assert oec.spec.student == "oeckd_resnet20" and oec.spec.teacher is None and not oec.depends
     json.dumps(ekd.spec.to_dict())  # the teacher list is part of the run id
+
+
+def test_ekd_first_branch_can_learn_from_a_published_teacher():
+    from conftest import shared_path
+
+    ckpt = shared_path("weights", "akamaster_cifar10_resnet56-4bfd9763.th")
+    stages = plan(PlanRequest(preset="smoke", methods=["ekd"], teacher_checkpoint=str(ckpt)))
+    published, *trained = stages[0]
+    assert published.spec.method == "published" and [r.spec.student for r in trained] == ["resnet56", "densenet40"]
+    ekd = next(r for r in stages[1] if r.spec.method == "ekd")
+    assert ekd.spec.teacher["arch"] == "resnet56_a" and ekd.info["teacher_path"] == str(ckpt.resolve())
 
 
 def test_plan_adds_the_oeckd_baselines_once():
