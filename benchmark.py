@@ -130,12 +130,13 @@ def plan_request(args):
 
 
 def cmd_list(args) -> int:
-    from methods import REGISTRY, get_method
+    from methods import ON_REQUEST, REGISTRY, get_method
 
     rows = [(n, get_method(n).kind, get_method(n).description, get_method(n).paper) for n in REGISTRY]
-    width = max(len(r[0]) for r in rows)
+    width = max(len(r[0]) for r in rows) + 1
     for name, kind, desc, paper in rows:
-        print(f"{name:<{width}}  {kind:<9}  {desc}  [{paper}]")
+        print(f"{name + ('*' if name in ON_REQUEST else ''):<{width}}  {kind:<9}  {desc}  [{paper}]")
+    print(f"* not part of --all: run when named, e.g. --methods {','.join(ON_REQUEST)}")
     return 0
 
 
