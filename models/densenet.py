@@ -31,6 +31,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .resnet import init_conv_bn
+
 
 class DenseLayer(nn.Module):
     """Adds `growth` new channels computed from everything before it (BN-ReLU-conv, optionally bottlenecked)."""
@@ -78,14 +80,11 @@ def _dense_block(in_channels: int, growth: int, layers: int, bottleneck: bool) -
 
 
 def init_dense(module: nn.Module) -> None:
-    """He-normal convolutions (fan-out, as the authors' Torch code: std = sqrt(2 / (k*k*out))), BN (1, 0), FC bias 0."""
+    """He-normal convolutions (fan-out, as the authors' Torch code: std = sqrt(2 / (k*k*out))), BN (1, 0), FC bias 0:
+    the ResNets' initialisation plus a zero classifier bias."""
+    init_conv_bn(module)
     for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
+        if isinstance(m, nn.Linear):
             nn.init.zeros_(m.bias)
 
 
