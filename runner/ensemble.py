@@ -127,6 +127,17 @@ def ensemble_topk(ensemble: nn.Module, loader, voting: str) -> dict[str, float]:
     return topk_accuracy(torch.cat(scores), torch.cat(labels))
 
 
+def measure_ensemble(members: list[nn.Module], inputs: torch.Tensor, voting: str, repeats: int) -> dict:
+    """Time the batched ensemble (the row's time) and, for comparison, the loop over its members."""
+    params = sum(count_parameters(m) for m in members)
+    batched, loop = build_ensemble(members, batched=True), build_ensemble(members, batched=False)
+    record = measure(lambda x: combine(batched(x), voting), inputs, params, repeats=repeats)
+    record["inference_time_loop_s"] = measure(lambda x: combine(loop(x), voting), inputs, params,
+                                              repeats=repeats)["inference_time_s"]
+    record["batched"] = type(batched).__name__
+    return record
+
+
 def execute_ensemble(spec: RunSpec, env, info: dict | None = None) -> dict:
     """Evaluate (or skip if done) one ensemble spec; its members must be DONE."""
     from .train import cached_splits
@@ -158,14 +169,8 @@ def execute_ensemble(spec: RunSpec, env, info: dict | None = None) -> dict:
              "seed": spec.seed, "student": spec.student, "teacher": None, "role": "ensemble", "epochs": 0,
              **result, "params": params, "extra_params": 0, "train_time_s": 0.0, "voting": hp["voting"]}
     if env.measure_repeats:
-        inputs = torch.cat([b.x for b in loader])
-        batched = build_ensemble(last_members, batched=True)
-        m = measure(lambda x: combine(batched(x), hp["voting"]), inputs, params, repeats=env.measure_repeats)
-        loop = build_ensemble(last_members, batched=False)
-        m_loop = measure(lambda x: combine(loop(x), hp["voting"]), inputs, params, repeats=env.measure_repeats)
-        m.update(run_id=spec.run_id, method=hp["name"], dataset=spec.data.label, seed=spec.seed,
-                 role="ensemble", inference_time_loop_s=m_loop["inference_time_s"],
-                 batched=type(batched).__name__)
+        m = measure_ensemble(last_members, torch.cat([b.x for b in loader]), hp["voting"], env.measure_repeats)
+        m.update(run_id=spec.run_id, method=hp["name"], dataset=spec.data.label, seed=spec.seed, role="ensemble")
         save_measurement(folder.path, m)
     write_json_checked(folder.final, final)
     env.log(f"[{spec.run_id} {hp['name']}] top1 best {final['best_top1']:.2f} last {final['last_top1']:.2f}")

@@ -103,7 +103,7 @@ def remeasure(folder, env) -> dict | None:
     from models import count_parameters
     from models.pretrained import load_teacher
 
-    from .ensemble import build_ensemble, combine
+    from .ensemble import measure_ensemble
     from .folder import RunFolder, State
     from .published import checkpoint_path
     from .train import cached_splits
@@ -120,12 +120,7 @@ def remeasure(folder, env) -> dict | None:
     if spec.method == "ensemble":
         models = [load_teacher(RunFolder(env.results_dir, rid).model, ds.num_classes, norm)[0].to(device)
                   for _, rid in spec.hparams["members"]]
-        params = sum(count_parameters(m) for m in models)
-        batched, loop = build_ensemble(models, True), build_ensemble(models, False)
-        voting = spec.hparams["voting"]
-        record = measure(lambda x: combine(batched(x), voting), inputs, params, repeats=env.measure_repeats or 3)
-        record["inference_time_loop_s"] = measure(lambda x: combine(loop(x), voting), inputs, params,
-                                                  repeats=env.measure_repeats or 3)["inference_time_s"]
+        record = measure_ensemble(models, inputs, spec.hparams["voting"], env.measure_repeats or 3)
     else:
         path = checkpoint_path(spec, info) if spec.method == "published" else folder.model
         model = load_teacher(path, ds.num_classes, norm)[0].to(device)
