@@ -141,7 +141,7 @@ def cmd_list(args) -> int:
 
 
 def _check_results_dir(path: str) -> None:
-    from runner.errors import UserError
+    from core.errors import UserError
 
     p = Path(path)
     try:
@@ -278,7 +278,7 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from runner.errors import UserError
+    from core.errors import UserError
     from runner.launch import launch_debug, launch_local
     from runner.plan import plan
     from runner.train import RunEnv, cached_splits
@@ -320,7 +320,7 @@ def cmd_run(args) -> int:
 
 
 def main(argv=None) -> int:
-    from runner.errors import UserError
+    from core.errors import UserError
 
     args = build_parser().parse_args(argv)
     if args.list:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from runner.errors import UserError
+from core.errors import UserError
 
 from . import readers, synthetic
 
@@ -67,9 +67,9 @@ def load_splits(name: str, source: str, data_dir: str | None, download: bool = F
         train, test = synthetic.make_splits(info.num_classes, train_size or 5000, test_size or 1000)
     elif source == "disk":
         train, test = readers.read_splits(name, data_dir, download)
-        train, test = Split(*train), Split(*test)
     else:
         raise UserError(f"unknown data source {source!r}; use 'disk' or 'synthetic'")
+    train, test = Split(*train), Split(*test)
     if int(train.labels.max()) >= info.num_classes or int(test.labels.max()) >= info.num_classes:
         raise UserError(f"labels exceed {info.num_classes} classes of {name}: the data under {data_dir} is "
                         "not this dataset")

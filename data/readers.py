@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runner.errors import UserError
+from core.errors import UserError
 
 OFFICIAL_DIRS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
 OFFICIAL_FILES = {"cifar10": ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"]),

@@ -28,11 +28,9 @@ def _make(templates: torch.Tensor, n: int, gen: torch.Generator):
 
 
 def make_splits(num_classes: int, train_size: int, test_size: int):
-    from .datasets import Split
-
+    """((train images, labels), (test images, labels)), as the on-disk readers return them."""
     gen = torch.Generator().manual_seed(SEED + num_classes)
     coarse = torch.rand(num_classes, 3, 4, 4, generator=gen) * 2 - 1
     templates = F.interpolate(coarse, size=32, mode="bicubic", align_corners=False).clamp(-1, 1)
-    train = Split(*_make(templates, train_size, gen))
-    test = Split(*_make(templates, test_size, gen))
-    return train, test
+    train = _make(templates, train_size, gen)
+    return train, _make(templates, test_size, gen)

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from core.errors import UserError
 from data.loader import Batch
 
 KINDS = ("baseline", "response", "feature", "relation", "online", "ensemble")
@@ -136,7 +137,6 @@ class Method:
         """The full hyperparameters of a run (they go into the run id). Override for per-dataset defaults."""
         unknown = set(overrides) - set(cls.defaults)
         if unknown:
-            from runner.errors import UserError
             raise UserError(f"{cls.name}: unknown hyperparameters {sorted(unknown)}; known: {sorted(cls.defaults)}")
         return {**cls.defaults, **overrides}
 

@@ -29,6 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from core.seeding import method_generator
+
 from .base import Method, scaled
 
 
@@ -129,8 +131,7 @@ class BSS(Method):
         if ctx.generator is None:
             # The attack class is random; without a runner-provided generator, own one (seeded from the run) so
             # the global RNG is never touched. Stored on ctx so a runner checkpoints it like its own.
-            from runner.spec import derive_seed
-            ctx.generator = torch.Generator().manual_seed(derive_seed(ctx.seed, "method", self.name))
+            ctx.generator = method_generator(ctx.seed, self.name)
 
     def weight_at(self, info) -> float:
         return bss_weight(self.hp["weight"], info.epoch, info.total_epochs)

@@ -37,6 +37,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from core.seeding import method_generator
+
 from .base import Method
 
 
@@ -192,8 +194,7 @@ class CRD(Method):
     def __init__(self, student, teacher, hparams, ctx):
         super().__init__(student, teacher, hparams, ctx)
         if ctx.generator is None:  # the runner always gives one; kept in ctx so its state is checkpointed
-            from runner.spec import derive_seed
-            ctx.generator = torch.Generator().manual_seed(derive_seed(ctx.seed, "method", self.name))
+            ctx.generator = method_generator(ctx.seed, self.name)
         self._z_fixed = False  # host-side cache of "Z buffers are set" (avoids a device sync per step)
 
     def setup(self, s_feats, t_feats):

@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models import build_seeded
+
 from .base import Method
 
 
@@ -44,9 +46,8 @@ class DML(Method):
         other network's parameters) and checkpoints/resume carry it. It is built from the same (arch, classes,
         seed) initialisation as the CE run of that architecture, as the reference starts both nets from the
         saved initial weights of its baselines."""
-        from runner.train import build_student  # deferred: runner.train imports the method registry
 
-        self.extra["peer"] = build_student(self.hp["peer"], self.ctx.num_classes, self.ctx.seed)
+        self.extra["peer"] = build_seeded(self.hp["peer"], self.ctx.num_classes, self.ctx.seed)
 
     @property
     def peer(self) -> nn.Module:

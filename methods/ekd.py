@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from core.errors import UserError
 from .base import Method
 
 
@@ -64,7 +65,6 @@ class EKD(Method):
         hp = super().resolve_hparams(overrides, dataset)
         teachers = hp["teachers"]
         if not isinstance(teachers, list) or not teachers or not all(isinstance(t, str) for t in teachers):
-            from runner.errors import UserError
             raise UserError(f"ekd: 'teachers' must be a list of architecture names (the teachers of branches 2..; "
                             f"branch 1 has the benchmark's teacher), got {teachers!r}")
         return hp

@@ -37,6 +37,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models import build_seeded
+
 from .base import Method
 
 STAGES = ("stage1", "stage2", "stage3")
@@ -89,7 +91,6 @@ class OECKD(Method):
 
     def setup(self, s_feats, t_feats):
         from models.branches import MultiBranchNet
-        from runner.train import build_student  # deferred: runner.train imports the method registry
 
         net = self.student
         if not isinstance(net, MultiBranchNet) or not net.member_archs:
@@ -97,7 +98,7 @@ class OECKD(Method):
                              f"{type(net).__name__}: plan it through `student_arch`")
         # paired comparison: member j starts where its `ce` baseline run starts (the stem from student 1's)
         for j, arch in enumerate(net.member_archs):
-            net.load_member(j, build_student(arch, self.ctx.num_classes, self.ctx.seed), stem=(j == 0))
+            net.load_member(j, build_seeded(arch, self.ctx.num_classes, self.ctx.seed), stem=(j == 0))
         n = len(net.branches)
         adapt = nn.ModuleDict()
         for l in range(2, n + 1):

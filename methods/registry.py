@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-from runner.errors import UserError
+from core.errors import UserError
 
 REGISTRY: dict[str, str] = {
     "ce": "methods.ce:CE",

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from runner.errors import UserError
+from core.errors import UserError
 
 from .registry import build_model
 

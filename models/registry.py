@@ -9,6 +9,8 @@ from typing import Callable
 
 import torch.nn as nn
 
+from core.seeding import seeded
+
 from .resnet import CifarResNet
 
 MODELS: dict[str, Callable[[int], nn.Module]] = {}
@@ -36,6 +38,13 @@ def build_model(name: str, num_classes: int) -> nn.Module:
         raise UnknownModelError(
             f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}") from None
     return builder(num_classes)
+
+
+def build_seeded(name: str, num_classes: int, seed: int) -> nn.Module:
+    """Same (name, classes, seed) -> same initial weights, whichever method or process builds them: every
+    student of a seed starts where its CE baseline starts, so the comparison between methods is paired."""
+    with seeded(seed, "init", name, num_classes):
+        return build_model(name, num_classes)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -31,7 +31,7 @@ from models import count_parameters
 from models.fused import FusedResNetEnsemble
 from models.pretrained import load_teacher
 
-from .errors import UserError
+from core.errors import UserError
 from .evaluate import topk_accuracy
 from .folder import RunFolder
 from .measure import measure, save_measurement

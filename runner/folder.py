@@ -11,7 +11,7 @@ from enum import Enum
 from pathlib import Path
 
 from .spec import RunSpec
-from .errors import UserError
+from core.errors import UserError
 from .store import CorruptFile, read_json_checked, write_atomic
 
 

@@ -21,7 +21,7 @@ import time
 
 from .claims import claim_alive
 from .claims import describe as describe_claim
-from .errors import UserError
+from core.errors import UserError
 from .folder import RunFolder, State
 from .plan import PlannedRun
 from .spec import RunSpec

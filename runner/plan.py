@@ -16,7 +16,7 @@ from methods import default_methods, get_method
 from models import MODELS
 from models.pretrained import file_sha256, load_teacher
 
-from .errors import UserError
+from core.errors import UserError
 from .spec import DataSpec, Protocol, RunSpec
 
 PRESETS_FILE = Path(__file__).resolve().parents[1] / "configs" / "presets.yaml"

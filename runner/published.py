@@ -14,7 +14,7 @@ from data import EvalLoader, dataset_info
 from models import count_parameters
 from models.pretrained import file_sha256, load_teacher
 
-from .errors import UserError
+from core.errors import UserError
 from .evaluate import evaluate
 from .folder import RunFolder
 from .measure import measure, save_measurement

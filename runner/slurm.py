@@ -38,7 +38,7 @@ from submitit.helpers import Checkpointable, DelayedSubmission
 
 from .claims import claim_alive
 from .claims import describe as describe_claim
-from .errors import UserError
+from core.errors import UserError
 from .folder import RunFolder, State
 from .launch import retry_budget_left
 from .plan import PlannedRun

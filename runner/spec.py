@@ -67,11 +67,6 @@ class RunSpec:
         return f"{self.data.label} {self.method} {self.student} seed={self.seed} [{self.run_id}]"
 
 
-def derive_seed(*parts) -> int:
-    """A 63-bit seed from any tuple of parts (e.g. (seed, 'init', arch)), stable across processes."""
-    digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
 
 def member_run_id(run_id: str, key: str) -> str:
     """The id of a member's rows and measurements: its run's id and its key (the run folder is the run's)."""

@@ -23,16 +23,17 @@ import torch
 from data import EvalLoader, TrainLoader, dataset_info, load_splits
 from methods import get_method
 from methods.base import Context, StepInfo
-from models import build_model, count_parameters
+from core.seeding import method_generator, seeded
+from models import build_seeded, count_parameters
 from models.pretrained import file_sha256, load_teacher
 
 from .claims import Claim, ClaimLost, read_claim
 from .claims import describe as describe_claim
-from .errors import UserError
+from core.errors import UserError
 from .evaluate import evaluate
 from .folder import RunFolder
 from .measure import measure, save_measurement
-from .spec import DataSpec, RunSpec, derive_seed, member_run_id
+from .spec import DataSpec, RunSpec, member_run_id
 from .store import CorruptFile, load_checked, save_checked, write_atomic, write_json_checked
 
 
@@ -65,13 +66,6 @@ def set_deterministic(on: bool) -> None:
 @lru_cache(maxsize=4)
 def cached_splits(data: DataSpec, data_dir: str | None, download: bool):
     return load_splits(data.dataset, data.source, data_dir, download, data.train_size, data.test_size)
-
-
-def build_student(arch: str, num_classes: int, seed: int):
-    """Same (arch, classes, seed) -> same initial weights, whichever method trains them."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(seed, "init", arch, num_classes))
-        return build_model(arch, num_classes)
 
 
 def teacher_path(spec: RunSpec, info: dict, results_dir: str) -> Path | None:
@@ -129,8 +123,7 @@ def build_method(name: str, hparams: dict, student, teacher, ctx: Context, probe
         student.eval()
         _, s_feats = student(probe_x)
         t_feats = teacher(probe_x)[1] if teacher is not None else None
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(ctx.seed, "extra", name))
+    with seeded(ctx.seed, "extra", name):
         method.setup(s_feats, t_feats)
     method.extra.to(ctx.device)
     return method
@@ -155,7 +148,7 @@ class Run:
         spec, info_ds = self.spec, dataset_info(self.spec.data.dataset)
         norm = (info_ds.mean, info_ds.std)
         train, test = cached_splits(spec.data, self.env.data_dir, self.env.download)
-        student = build_student(spec.student, info_ds.num_classes, spec.seed).to(self.device)
+        student = build_seeded(spec.student, info_ds.num_classes, spec.seed).to(self.device)
         teacher = None
         path = teacher_path(spec, self.info, self.env.results_dir)
         if path is not None:
@@ -176,7 +169,7 @@ class Run:
             if not t_path.is_file():
                 raise UserError(f"teacher model {t_path} ({ref['arch']}) is missing: finish that teacher run first")
             extra_teachers[ref["arch"]] = load_teacher(t_path, info_ds.num_classes, norm)[0].to(self.device)
-        gen = torch.Generator(device="cpu").manual_seed(derive_seed(spec.seed, "method", spec.method))
+        gen = method_generator(spec.seed, spec.method)
         ctx = Context(num_classes=info_ds.num_classes, dataset=spec.data.dataset, seed=spec.seed,
                       device=self.device, train_labels=train.labels.to(self.device),
                       epochs=spec.protocol.epochs, generator=gen, extra_teachers=extra_teachers)

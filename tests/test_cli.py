@@ -132,7 +132,7 @@ def test_published_teacher_is_used_without_training_one(tmp_path, capsys):
 def test_published_teacher_changed_on_disk_is_refused(tmp_path):
     import shutil
 
-    from runner.errors import UserError
+    from core.errors import UserError
     from runner.train import RunEnv, execute
 
     ckpt = tmp_path / "teacher.th"

@@ -9,8 +9,8 @@ import torch
 
 from conftest import shared_path
 from data import DATASETS, Split, TrainLoader, load_splits
-from data.synthetic import make_splits
-from runner.errors import UserError
+from data import synthetic
+from core.errors import UserError
 
 C10 = DATASETS["cifar10"]
 
@@ -71,6 +71,10 @@ def test_real_cifar10_arrays():
     assert (len(train), len(test)) == (50_000, 10_000)
     assert test.labels[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]  # README of the arrays
     assert torch.bincount(test.labels).tolist() == [1000] * 10
+
+
+def make_splits(num_classes, train_size, test_size):
+    return tuple(Split(*s) for s in synthetic.make_splits(num_classes, train_size, test_size))
 
 
 def test_synthetic_is_deterministic_and_learnable():

@@ -11,7 +11,7 @@ from models import build_model
 from models.fused import FusedResNetEnsemble
 from models.pretrained import load_teacher
 from runner.ensemble import LoopEnsemble, StackedEnsemble, build_ensemble, combine, ensemble_name
-from runner.errors import UserError
+from core.errors import UserError
 from runner.evaluate import topk_accuracy
 from runner.folder import RunFolder
 from runner.plan import PlanRequest, plan

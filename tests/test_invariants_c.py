@@ -13,9 +13,9 @@ from data import Batch
 from methods.base import Context, StepInfo, main_stage
 from methods.bss import bss_attack, bss_loss, bss_weight, sample_attack_class, select_samples
 from methods.dml import dml_loss
-from models import build_model
+from models import build_seeded, build_model
 from runner.spec import Protocol
-from runner.train import build_method, build_student, make_optimizer
+from runner.train import build_method, make_optimizer
 
 NUM_CLASSES = 10
 
@@ -229,7 +229,7 @@ def test_dml_peer_is_trained_and_follows_mode():
     student = build_model("resnet8", NUM_CLASSES)
     method = make("dml", student, None, x, {"peer": "resnet8"})
     peer = method.extra["peer"]
-    fresh = build_student("resnet8", NUM_CLASSES, 0)
+    fresh = build_seeded("resnet8", NUM_CLASSES, 0)
     assert all(torch.equal(a, b) for a, b in zip(peer.state_dict().values(), fresh.state_dict().values())), \
         "the peer starts from the CE run's initial weights of its (arch, seed)"
     protocol = Protocol(epochs=4, batch_size=8)

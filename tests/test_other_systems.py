@@ -13,11 +13,11 @@ from methods.base import Context, StepInfo
 from methods.ekd import ekd_loss
 from methods.kdfm import KDFM, kdfm_discriminator_loss
 from methods.oeckd import oeckd_loss
-from models import build_model, count_parameters
+from models import build_seeded, build_model, count_parameters
 from models.pretrained import Renormalize
 from runner.plan import PlanRequest, plan
 from runner.spec import DataSpec, Protocol, RunSpec
-from runner.train import RunEnv, build_method, build_student, execute, make_optimizer
+from runner.train import RunEnv, build_method, execute, make_optimizer
 
 NUM_CLASSES = 10
 
@@ -75,10 +75,10 @@ def test_oeckd_members_start_from_their_baselines_initial_weights():
     method, _ = build("oeckd")
     net = method.student
     for j, arch in enumerate(net.member_archs):
-        base = build_student(arch, NUM_CLASSES, 0).state_dict()
+        base = build_seeded(arch, NUM_CLASSES, 0).state_dict()
         for k, v in net.branches[j].state_dict().items():
             assert torch.equal(v, base[k]), (arch, k)
-    stem = build_student("resnet8", NUM_CLASSES, 0).state_dict()
+    stem = build_seeded("resnet8", NUM_CLASSES, 0).state_dict()
     assert all(torch.equal(v, stem[k]) for k, v in net.stem.state_dict().items())
 
 

@@ -6,7 +6,7 @@ import torch
 from conftest import shared_path
 from data import DATASETS, EvalLoader, load_splits
 from models.pretrained import load_teacher
-from runner.errors import UserError
+from core.errors import UserError
 from runner.evaluate import evaluate
 
 C10 = DATASETS["cifar10"]

@@ -15,7 +15,8 @@ from conftest import ROOT
 from runner.folder import RunFolder, State
 from runner.spec import DataSpec, Protocol, RunSpec
 from runner.store import read_json_checked
-from runner.train import RunEnv, build_student, execute
+from models import build_seeded
+from runner.train import RunEnv, execute
 
 DATA = DataSpec("cifar10", "synthetic", 256, 128)
 PROTOCOL = Protocol(epochs=3, batch_size=32)
@@ -52,8 +53,8 @@ def test_run_id_ignores_paths_and_covers_settings():
 
 
 def test_students_of_one_seed_share_initial_weights():
-    a, b = build_student("resnet20", 10, 0), build_student("resnet20", 10, 0)
-    c = build_student("resnet20", 10, 1)
+    a, b = build_seeded("resnet20", 10, 0), build_seeded("resnet20", 10, 0)
+    c = build_seeded("resnet20", 10, 1)
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
     assert not torch.equal(a.conv1.weight, c.conv1.weight)
 
