@@ -30,9 +30,9 @@ def _csv(kind):
     return parse
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="benchmark.py", description="kd-bench: knowledge-distillation benchmark on CIFAR-10/100 "
+        prog=prog, description="kd-bench: knowledge-distillation benchmark on CIFAR-10/100 "
         "(Kang & Gwak 2020 protocol).", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("command", nargs="?", default="run", choices=COMMANDS,
                    help="run (default): plan and launch; status; collect (summary CSVs); list (methods); "
@@ -132,10 +132,11 @@ def plan_request(args):
 def cmd_list(args) -> int:
     from methods import ON_REQUEST, REGISTRY, get_method
 
-    rows = [(n, get_method(n).kind, get_method(n).description, get_method(n).paper) for n in REGISTRY]
-    width = max(len(r[0]) for r in rows) + 1
-    for name, kind, desc, paper in rows:
-        print(f"{name + ('*' if name in ON_REQUEST else ''):<{width}}  {kind:<9}  {desc}  [{paper}]")
+    rows = [(n, get_method(n)) for n in REGISTRY]
+    width = max(len(n) for n, _ in rows) + 1
+    for name, cls in rows:
+        print(f"{name + ('*' if name in ON_REQUEST else ''):<{width}}  {cls.kind:<9}  {cls.display_name}: "
+              f"{cls.description}  [{cls.citation}]")
     print(f"* not part of --all: run when named, e.g. --methods {','.join(ON_REQUEST)}")
     return 0
 
@@ -246,9 +247,9 @@ def cmd_plot(args) -> int:
 
 
 def cmd_measure(args) -> int:
-    from runner.folder import RunFolder, iter_folders
-    from runner.measure import remeasure
-    from runner.train import RunEnv
+    from runner.env import RunEnv
+    from runner.folder import RunFolder, readable_runs
+    from runner.kinds import remeasure
 
     env = RunEnv(results_dir=args.results_dir, data_dir=args.data_dir, download=args.download,
                  device=args.device)
@@ -256,7 +257,7 @@ def cmd_measure(args) -> int:
         from runner.plan import plan
         folders = [RunFolder(args.results_dir, r.run_id) for stage in plan(plan_request(args)) for r in stage]
     else:
-        folders = list(iter_folders(args.results_dir))
+        folders = [folder for folder, _, _ in readable_runs(args.results_dir)]
     n = 0
     for folder in folders:
         rec = remeasure(folder, env)
@@ -277,37 +278,38 @@ def cmd_cancel(args) -> int:
     return 0
 
 
+def launch_options(args):
+    from runner.launchers import LaunchOptions
+
+    profile = slurm_profile(args) if args.launcher == "slurm" else {}
+    return LaunchOptions(workers=args.workers, gpus=args.gpus, runs_per_gpu=args.runs_per_gpu, profile=profile,
+                         wait=args.wait)
+
+
 def cmd_run(args) -> int:
     from core.errors import UserError
-    from runner.launch import launch_debug, launch_local
+    from runner.env import RunEnv, cached_splits
+    from runner.launchers import make_launcher
     from runner.plan import plan
-    from runner.train import RunEnv, cached_splits
 
     stages = plan(plan_request(args))
+    if args.retries < 0:
+        raise UserError("--retries must be 0 or more")
     _check_results_dir(args.results_dir)
     env = RunEnv(results_dir=args.results_dir, data_dir=args.data_dir, download=args.download,
                  device=args.device, deterministic=args.deterministic)
+    launcher = make_launcher(args.launcher, env, args.retries, launch_options(args))
     data = stages[0][0].spec.data
     cached_splits(data, env.data_dir, env.download)  # a missing dataset fails here, before any run starts
     n = sum(len(s) for s in stages)
     print(f"planned {n} runs on {data.label} ({', '.join(f'{len(s)} {s[0].role}s' for s in stages)}), "
           f"launcher {args.launcher}")
-    if args.retries < 0:
-        raise UserError("--retries must be 0 or more")
-    if args.launcher == "slurm":
-        from runner.slurm import launch_slurm
-
-        records = launch_slurm(stages, env, slurm_profile(args), retries=args.retries, wait=args.wait)
-        if not args.wait:  # submitted: only what cannot run (failed, or waiting on a failed run) is an error
-            bad = [r for r in records if r["status"] not in ("done", "submitted", "queued")]
-            for r in bad:
-                print(f"not submitted: {r['run_id']}: {r.get('error')}", file=sys.stderr)
-            return 1 if bad else 0
-    elif args.launcher == "local":
-        records = launch_local(stages, env, workers=args.workers, gpus=args.gpus, runs_per_gpu=args.runs_per_gpu,
-                               retries=args.retries)
-    else:
-        records = launch_debug(stages, env, retries=args.retries)
+    records = launcher.launch(stages)
+    if not launcher.ends_runs:  # submitted: only what cannot run (failed, or waiting on a failed run) is an error
+        bad = [r for r in records if r["status"] not in ("done", "submitted", "queued")]
+        for r in bad:
+            print(f"not submitted: {r['run_id']}: {r.get('error')}", file=sys.stderr)
+        return 1 if bad else 0
     failed = [r for r in records if r["status"] != "done"]
     cmd_collect(args)
     cmd_table(args)
@@ -322,7 +324,8 @@ def cmd_run(args) -> int:
 def main(argv=None) -> int:
     from core.errors import UserError
 
-    args = build_parser().parse_args(argv)
+    prog = Path(sys.argv[0]).name if argv is None else None  # `kd-bench` or `benchmark.py`, as invoked
+    args = build_parser(prog).parse_args(argv)
     if args.list:
         args.command = "list"
     try:
@@ -335,6 +338,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `kd-bench --list | head`: the reader has gone, which is not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's final flush of stdout must not fail again
+        return 0
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import build_model  # noqa: E402
-from runner.ensemble import build_ensemble  # noqa: E402
+from models.ensemble import build_ensemble  # noqa: E402
 from runner.measure import device_name, time_inference  # noqa: E402
 
 

@@ -28,10 +28,6 @@ def ab_loss(fm_s: torch.Tensor, fm_t: torch.Tensor, margin: float = 2.0) -> torc
     return (push_down + push_up).mean()
 
 
-def reference_call(inputs: dict, hparams: dict):
-    return ab_loss(inputs["fm_s"], inputs["fm_t"], hparams["margin"])
-
-
 # The reference's initialisation stage, in its own epochs: (first epoch, lr as a fraction of the main lr).
 _INIT_EPOCHS = 50
 _INIT_STEPS = ((0, 0.1), (30, 0.01), (40, 0.001))
@@ -39,12 +35,17 @@ _INIT_STEPS = ((0, 0.1), (30, 0.01), (40, 0.001))
 
 class AB(Method):
     name = "ab"
+    display_name = "AB"
     kind = "feature"
     description = "transfer activation boundaries (pre-ReLU on/off pattern, margin loss) as a 2-stage init"
-    paper = "Heo, Lee, Yun & Choi, AAAI 2019"
+    citation = "Heo, Lee, Yun & Choi, AAAI 2019"
     defaults = {"weight": 10.0, "margin": 2.0}
     student_taps = teacher_taps = ("stage1_pre", "stage2_pre", "stage3_pre")
     loss_fn = staticmethod(ab_loss)
+
+    @classmethod
+    def reference_call(cls, inputs: dict, hparams: dict):
+        return cls.loss_fn(inputs["fm_s"], inputs["fm_t"], hparams["margin"])
 
     def stages(self, protocol) -> list[Stage]:
         """Initialisation (50/200 of the protocol's epochs, >= 1) then the protocol's main schedule."""

@@ -66,25 +66,26 @@ class AFDAttention(nn.Module):
         return self.attention(F.adaptive_avg_pool2d(fm_t, 1))
 
 
-def reference_call(inputs: dict, hparams: dict):
-    eps = hparams.get("eps", 1e-6)
-    if hparams.get("variant") == "post_attention":
-        return afd_loss(inputs["fm_s"], inputs["fm_t"], inputs["att_logits"], eps)
-    with torch.device("meta"):  # structure only: parameters come from the inputs, no RNG is consumed
-        module = AFDAttention(hparams["in_channels"], hparams.get("att_f", 1.0))
-    params = {k: inputs[k] for k, _ in module.named_parameters()}
-    att_logits = functional_call(module, params, (inputs["fm_t"],))
-    return afd_loss(inputs["fm_s"], inputs["fm_t"], att_logits, eps)
-
-
 class AFD(Method):
     name = "afd"
+    display_name = "AFD"
     kind = "feature"
     description = "SE attention on the teacher's pooled map weighs per-channel distances of normalised stage maps"
-    paper = "Wang et al., ICLR 2020"
+    citation = "Wang et al., ICLR 2020"
     defaults = {"weight": 500.0, "att_f": 1.0, "eps": 1e-6}
     student_taps = teacher_taps = STAGES
     loss_fn = staticmethod(afd_loss)
+
+    @classmethod
+    def reference_call(cls, inputs: dict, hparams: dict):
+        eps = hparams.get("eps", 1e-6)
+        if hparams.get("variant") == "post_attention":
+            return cls.loss_fn(inputs["fm_s"], inputs["fm_t"], inputs["att_logits"], eps)
+        with torch.device("meta"):  # structure only: parameters come from the inputs, no RNG is consumed
+            module = AFDAttention(hparams["in_channels"], hparams.get("att_f", 1.0))
+        params = {k: inputs[k] for k, _ in module.named_parameters()}
+        att_logits = functional_call(module, params, (inputs["fm_t"],))
+        return cls.loss_fn(inputs["fm_s"], inputs["fm_t"], att_logits, eps)
 
     def setup(self, s_feats, t_feats):
         for k in STAGES:

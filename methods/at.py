@@ -29,18 +29,19 @@ def at_loss(fm_s: torch.Tensor, fm_t: torch.Tensor, p: float = 2.0, eps: float =
     return F.mse_loss(attention_map(fm_s, p, eps), attention_map(fm_t, p, eps))
 
 
-def reference_call(inputs: dict, hparams: dict):
-    return at_loss(inputs["fm_s"], inputs["fm_t"], hparams.get("p", 2.0), hparams.get("eps", 1e-6))
-
-
 class AT(Method):
     name = "at"
+    display_name = "AT"
     kind = "feature"
     description = "match normalised spatial attention maps (sum_c |f|^p) of the three stages"
-    paper = "Zagoruyko & Komodakis, ICLR 2017"
+    citation = "Zagoruyko & Komodakis, ICLR 2017"
     defaults = {"weight": 1000.0, "p": 2.0, "eps": 1e-6}
     student_taps = teacher_taps = ("stage1", "stage2", "stage3")
     loss_fn = staticmethod(at_loss)
+
+    @classmethod
+    def reference_call(cls, inputs: dict, hparams: dict):
+        return cls.loss_fn(inputs["fm_s"], inputs["fm_t"], hparams.get("p", 2.0), hparams.get("eps", 1e-6))
 
     def distill(self, s_logits, s_feats, t_logits, t_feats, batch, info):
         per_stage = [at_loss(s_feats[k], t_feats[k], self.hp["p"], self.hp["eps"]) for k in self.student_taps]

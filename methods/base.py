@@ -1,10 +1,13 @@
 """The `Method` contract: one distillation method = its pure loss function + this wiring.
 
-A method declares its hyperparameters (`defaults`, the loss weight included), the features it taps, what else
-it needs, its extra trainable modules (built from the feature shapes of one dry-run forward, kept in
-`self.extra`, optimised with the student under the protocol's SGD), its stages, and returns a dict of named,
-already weighted losses. The runner sums them, back-propagates and steps. Methods with their own update rule
-override `train_step`; nothing method-specific lives in the runner.
+A method declares its names (`name` = registry key, `display_name`, `citation`), its hyperparameters
+(`defaults`, the loss weight included), the features it taps, its pure loss (`loss_fn`, which the golden tests
+check through `reference_call`), its extra trainable modules (built from the feature shapes of one dry-run
+forward, kept in `self.extra`, optimised with the student under the protocol's SGD), its stages, and returns a
+dict of named, already weighted losses. The runner sums them, back-propagates and steps. Methods with their own
+update rule override `train_step`; nothing method-specific lives in the runner. What a loss reads besides the
+features comes with every batch (`Batch.idx` for CRD) or is computed by the method itself (Sobolev's input
+gradients, in its own `losses`).
 """
 from __future__ import annotations
 
@@ -88,17 +91,35 @@ def scaled(epochs_ref: int, ref_total: int, protocol_epochs: int) -> int:
     return max(1, int(round(epochs_ref * protocol_epochs / ref_total)))
 
 
+class _Fallback:
+    """A class attribute that reads another one until a subclass sets it (`display_name` -> `name`)."""
+
+    def __init__(self, attr: str):
+        self.attr = attr
+
+    def __get__(self, obj, owner=None):
+        return getattr(owner if owner is not None else type(obj), self.attr)
+
+
 class Method:
-    name: str = ""
+    name: str = ""           # the registry key, also the `method` of its runs
     kind: str = ""
     description: str = ""
-    paper: str = ""
+    citation: str = ""       # short reference of the method's paper: "Zagoruyko & Komodakis, ICLR 2017"
+    display_name: str = _Fallback("name")           # the row name in tables and plots: "Soft target", "AT"
+    short_name: str = _Fallback("display_name")     # inside an ensemble's name: "Ens-ST-FitNet"
     defaults: dict = {"weight": 1.0}
     needs_teacher: bool = True
     student_taps: tuple[str, ...] = ()
     teacher_taps: tuple[str, ...] = ()
-    needs: frozenset = frozenset()  # e.g. {"index"} (CRD), {"input_grad"} (Sobolev)
-    loss_fn = None                  # the pure loss function of tensors (staticmethod on subclasses)
+    loss_fn = None  # the pure loss function of tensors (a staticmethod on subclasses), checked by the golden tests
+
+    @classmethod
+    def reference_call(cls, inputs: dict, hparams: dict) -> torch.Tensor:
+        """`cls.loss_fn` on one case of the golden vectors (../shared/golden/<name>.pt): `inputs` are tensors
+        under the reference implementation's argument names, `hparams` its settings. Methods without golden
+        vectors (the baseline and the systems beyond the paper's 20) do not define it."""
+        raise NotImplementedError(f"{cls.name}: no golden vectors, so no reference_call")
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, hparams: dict, ctx: Context):
         unknown = set(hparams) - set(self.defaults)

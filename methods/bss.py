@@ -40,10 +40,6 @@ def bss_loss(attacked_out_s: torch.Tensor, attacked_out_t: torch.Tensor, T: floa
                     reduction="batchmean")
 
 
-def reference_call(inputs: dict, hparams: dict):
-    return bss_loss(inputs["attacked_out_s"], inputs["attacked_out_t"], hparams["T"])
-
-
 # ---- the schedule -----------------------------------------------------------------------------------------------
 WARMUP_REF, TOTAL_REF = 10, 200  # reference: no BSS in epochs 1..10 of 200
 
@@ -118,13 +114,18 @@ def bss_attack(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attack_c
 
 class BSS(Method):
     name = "bss"
+    display_name = "BSS"
     kind = "response"
     description = "distil the teacher on adversarial samples pushed to its decision boundary"
-    paper = "Heo et al., AAAI 2019"
+    citation = "Heo et al., AAAI 2019"
     defaults = {"weight": 2.0, "T": 3.0, "attack_size": 32, "step_alpha": 0.3, "num_steps": 10,
                 "attack_eps": 1e-4, "bound": 2.5}
     student_taps = teacher_taps = ("logits",)
     loss_fn = staticmethod(bss_loss)
+
+    @classmethod
+    def reference_call(cls, inputs: dict, hparams: dict):
+        return cls.loss_fn(inputs["attacked_out_s"], inputs["attacked_out_t"], hparams["T"])
 
     def __init__(self, student, teacher, hparams, ctx):
         super().__init__(student, teacher, hparams, ctx)

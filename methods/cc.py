@@ -36,18 +36,19 @@ def cc_loss(feat_s: torch.Tensor, feat_t: torch.Tensor, gamma: float = 0.4, P_or
     return F.mse_loss(correlation_matrix(feat_s, gamma, P_order), correlation_matrix(feat_t, gamma, P_order))
 
 
-def reference_call(inputs: dict, hparams: dict):
-    return cc_loss(inputs["feat_s"], inputs["feat_t"], hparams["gamma"], hparams["P_order"])
-
-
 class CC(Method):
     name = "cc"
+    display_name = "CC"
     kind = "relation"
     description = "match batch correlation matrices (P-order Taylor Gaussian RBF) of pooled features"
-    paper = "Peng et al., ICCV 2019"
+    citation = "Peng et al., ICCV 2019"
     defaults = {"weight": 100.0, "gamma": 0.4, "P_order": 2}
     student_taps = teacher_taps = ("pool",)
     loss_fn = staticmethod(cc_loss)
+
+    @classmethod
+    def reference_call(cls, inputs: dict, hparams: dict):
+        return cls.loss_fn(inputs["feat_s"], inputs["feat_t"], hparams["gamma"], hparams["P_order"])
 
     def distill(self, s_logits, s_feats, t_logits, t_feats, batch, info):
         loss = cc_loss(s_feats["pool"], t_feats["pool"], self.hp["gamma"], self.hp["P_order"])

@@ -4,8 +4,9 @@ from .base import Method
 
 class CE(Method):
     name = "ce"
+    display_name = "CE"
     kind = "baseline"
     description = "cross-entropy only: the teacher run and the student baseline"
-    paper = "-"
+    citation = "-"
     defaults = {}
     needs_teacher = False

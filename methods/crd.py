@@ -156,33 +156,33 @@ class NegativeSampler:
         return torch.cat([idx[:, None], neg], dim=1)
 
 
-def reference_call(inputs: dict, hparams: dict):
-    if hparams.get("variant") == "post_embed":
-        emb_s, emb_t = inputs["emb_s"], inputs["emb_t"]
-    else:
-        embs = []
-        for side, dim in (("s", hparams["s_dim"]), ("t", hparams["t_dim"])):
-            with torch.device("meta"):  # structure only: parameters come from the inputs
-                module = Embed(dim, hparams["feat_dim"])
-            prefix = f"embed_{side}."
-            params = {k: inputs[prefix + k] for k, _ in module.named_parameters()}
-            embs.append(functional_call(module, params, (inputs[f"feat_{side}"],)))
-        emb_s, emb_t = embs
-    return crd_loss(emb_s, emb_t, inputs["memory_s"], inputs["memory_t"], inputs["sample_idx"],
-                    hparams.get("nce_t", 0.1), n_data=hparams.get("n_data"), eps=hparams.get("eps", 1e-7))
-
-
 # ---- the method ----------------------------------------------------------------------------------------------
 class CRD(Method):
     name = "crd"
+    display_name = "CRD"
     kind = "relation"
     description = "contrastive (NCE) loss between student and teacher embeddings with memory-bank negatives"
-    paper = "Tian, Krishnan & Isola, ICLR 2020"
+    citation = "Tian, Krishnan & Isola, ICLR 2020"
     defaults = {"weight": 0.2, "feat_dim": 128, "nce_n": 16384, "nce_t": 0.1, "nce_mom": 0.5, "eps": 1e-7}
     dataset_weights = {"cifar10": 0.2, "cifar100": 0.8}  # train_crd.py / README of the reference
     student_taps = teacher_taps = ("pool",)
-    needs = frozenset({"index"})
     loss_fn = staticmethod(crd_loss)
+
+    @classmethod
+    def reference_call(cls, inputs: dict, hparams: dict):
+        if hparams.get("variant") == "post_embed":
+            emb_s, emb_t = inputs["emb_s"], inputs["emb_t"]
+        else:
+            embs = []
+            for side, dim in (("s", hparams["s_dim"]), ("t", hparams["t_dim"])):
+                with torch.device("meta"):  # structure only: parameters come from the inputs
+                    module = Embed(dim, hparams["feat_dim"])
+                prefix = f"embed_{side}."
+                params = {k: inputs[prefix + k] for k, _ in module.named_parameters()}
+                embs.append(functional_call(module, params, (inputs[f"feat_{side}"],)))
+            emb_s, emb_t = embs
+        return cls.loss_fn(emb_s, emb_t, inputs["memory_s"], inputs["memory_t"], inputs["sample_idx"],
+                           hparams.get("nce_t", 0.1), n_data=hparams.get("n_data"), eps=hparams.get("eps", 1e-7))
 
     @classmethod
     def resolve_hparams(cls, overrides: dict, dataset: str) -> dict:

@@ -26,19 +26,20 @@ def dml_loss(out1: torch.Tensor, out2: torch.Tensor) -> torch.Tensor:
     return F.kl_div(F.log_softmax(out1, dim=1), F.softmax(out2, dim=1), reduction="batchmean")
 
 
-def reference_call(inputs: dict, hparams: dict):
-    return dml_loss(inputs["out1"], inputs["out2"])
-
-
 class DML(Method):
     name = "dml"
+    display_name = "DML"
     kind = "online"
     description = "mutual learning: student and a peer trained together, each matching the other's posterior"
-    paper = "Zhang et al., CVPR 2018"
+    citation = "Zhang et al., CVPR 2018"
     defaults = {"weight": 1.0, "peer": "resnet110"}
     needs_teacher = False
     student_taps = ("logits",)
     loss_fn = staticmethod(dml_loss)
+
+    @classmethod
+    def reference_call(cls, inputs: dict, hparams: dict):
+        return cls.loss_fn(inputs["out1"], inputs["out2"])
 
     def setup(self, s_feats, t_feats):
         """The peer lives in `self.extra`, so the protocol's SGD optimises it with the student (one optimiser

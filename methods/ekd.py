@@ -50,10 +50,11 @@ def ekd_loss(branch_logits: list[torch.Tensor], teacher_logits: list[torch.Tenso
 
 class EKD(Method):
     name = "ekd"
+    display_name = "EKD"
     kind = "ensemble"
     description = ("paper-inspired: multi-branch student (stem + 3 ResNet-8 branches), branch i distilled "
                    "(CE + KD, T=4) from teacher i (the benchmark's, resnet56, densenet40), output = mean logits")
-    paper = "Asif, Tang & Harrer, ECAI 2020 (arXiv 1909.08097)"
+    citation = "Asif, Tang & Harrer, ECAI 2020 (arXiv 1909.08097)"
     defaults = {"weight": 1.0, "T": 4.0, "teachers": ["resnet56", "densenet40"], "branch": "resnet8",
                 "ens_ce": 1.0, "hint_weight": 0.0}
     student_taps = ("logits", "pool")

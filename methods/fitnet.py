@@ -19,18 +19,19 @@ def fitnet_loss(fm_s, fm_t):
     return F.mse_loss(fm_s, fm_t)
 
 
-def reference_call(inputs: dict, hparams: dict):
-    return fitnet_loss(inputs["fm_s"], inputs["fm_t"])
-
-
 class FitNet(Method):
     name = "fitnet"
+    display_name = "FitNet"
     kind = "feature"
     description = "MSE hint between student and teacher last-stage feature maps"
-    paper = "Romero et al., ICLR 2015"
+    citation = "Romero et al., ICLR 2015"
     defaults = {"weight": 0.1}
     student_taps = teacher_taps = ("stage3",)
     loss_fn = staticmethod(fitnet_loss)
+
+    @classmethod
+    def reference_call(cls, inputs: dict, hparams: dict):
+        return cls.loss_fn(inputs["fm_s"], inputs["fm_t"])
 
     def setup(self, s_feats, t_feats):
         if s_feats["stage3"].shape[1:] != t_feats["stage3"].shape[1:]:

@@ -46,10 +46,6 @@ def fsp_loss(fm_s1, fm_s2, fm_t1, fm_t2) -> torch.Tensor:
     return F.mse_loss(fsp_matrix(fm_s1, fm_s2), fsp_matrix(fm_t1, fm_t2))
 
 
-def reference_call(inputs: dict, hparams: dict):
-    return fsp_loss(inputs["fm_s1"], inputs["fm_s2"], inputs["fm_t1"], inputs["fm_t2"])
-
-
 def init_stage(protocol) -> Stage:
     """The reference's student-initialisation stage, its length and lr steps scaled to `protocol.epochs`."""
     epochs = scaled(INIT_EPOCHS_REF, MAIN_EPOCHS_REF, protocol.epochs)
@@ -65,12 +61,17 @@ def init_stage(protocol) -> Stage:
 
 class FSP(Method):
     name = "fsp"
+    display_name = "FSP"
     kind = "relation"
     description = "two-stage: initialise the student on teacher FSP (layer-to-layer Gram) matrices, then CE only"
-    paper = "Yim et al., CVPR 2017"
+    citation = "Yim et al., CVPR 2017"
     defaults = {"weight": 1.0}
     student_taps = teacher_taps = ("stem", "stage1", "stage2", "stage3")
     loss_fn = staticmethod(fsp_loss)
+
+    @classmethod
+    def reference_call(cls, inputs: dict, hparams: dict):
+        return cls.loss_fn(inputs["fm_s1"], inputs["fm_s2"], inputs["fm_t1"], inputs["fm_t2"])
 
     def stages(self, protocol):
         return [init_stage(protocol), main_stage(protocol)]

@@ -36,10 +36,6 @@ def ft_loss(factor_s: torch.Tensor, factor_t: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(unit_s, unit_t)
 
 
-def reference_call(inputs: dict, hparams: dict):
-    return ft_loss(inputs["factor_s"], inputs["factor_t"])
-
-
 def _block(layer: nn.Module, channels: int, use_bn: bool) -> list[nn.Module]:
     return [layer, nn.BatchNorm2d(channels) if use_bn else nn.Identity(), nn.LeakyReLU(0.1)]
 
@@ -97,12 +93,17 @@ class Translator(nn.Module):
 
 class FT(Method):
     name = "ft"
+    display_name = "FT"
     kind = "feature"
     description = "paraphraser pre-trained on the teacher's stage-3 map; student translator matches its factor (L1)"
-    paper = "Kim, Park & Kwak, NeurIPS 2018"
+    citation = "Kim, Park & Kwak, NeurIPS 2018"
     defaults = {"weight": 200.0, "k": 0.5}
     student_taps = teacher_taps = ("stage3",)
     loss_fn = staticmethod(ft_loss)
+
+    @classmethod
+    def reference_call(cls, inputs: dict, hparams: dict):
+        return cls.loss_fn(inputs["factor_s"], inputs["factor_t"])
 
     def __init__(self, student, teacher, hparams, ctx):
         super().__init__(student, teacher, hparams, ctx)

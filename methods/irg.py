@@ -54,20 +54,21 @@ def irg_loss(fm_s1, fm_s2, feat_s, out_s, fm_t1, fm_t2, feat_t, out_t, w_irg_ver
     return w_irg_vert * vert + w_irg_edge * edge + w_irg_tran * tran
 
 
-def reference_call(inputs: dict, hparams: dict):
-    names = ("fm_s1", "fm_s2", "feat_s", "out_s", "fm_t1", "fm_t2", "feat_t", "out_t")
-    return irg_loss(*(inputs[n] for n in names), hparams["w_irg_vert"], hparams["w_irg_edge"],
-                    hparams["w_irg_tran"], hparams.get("squared", True), hparams.get("eps", 1e-12))
-
-
 class IRG(Method):
     name = "irg"
+    display_name = "IRG"
     kind = "relation"
     description = "match instance-relationship graphs: logits, pairwise-distance edges, stage2->stage3 moves"
-    paper = "Liu et al., CVPR 2019"
+    citation = "Liu et al., CVPR 2019"
     defaults = {"weight": 1.0, "w_irg_vert": 0.1, "w_irg_edge": 5.0, "w_irg_tran": 5.0, "eps": 1e-12}
     student_taps = teacher_taps = ("stage2", "stage3", "pool", "logits")
     loss_fn = staticmethod(irg_loss)
+
+    @classmethod
+    def reference_call(cls, inputs: dict, hparams: dict):
+        names = ("fm_s1", "fm_s2", "feat_s", "out_s", "fm_t1", "fm_t2", "feat_t", "out_t")
+        return cls.loss_fn(*(inputs[n] for n in names), hparams["w_irg_vert"], hparams["w_irg_edge"],
+                           hparams["w_irg_tran"], hparams.get("squared", True), hparams.get("eps", 1e-12))
 
     def distill(self, s_logits, s_feats, t_logits, t_feats, batch, info):
         hp = self.hp

@@ -120,10 +120,11 @@ def _classifier(teacher: nn.Module) -> nn.Linear:
 
 class KDFM(Method):
     name = "kdfm"
+    display_name = "KDFM"
     kind = "feature"
     description = ("paper-inspired: student's adapted last map fed to the teacher's frozen classifier, "
                    "matched to the teacher's map by MSE and a GAN discriminator, plus KD and CE")
-    paper = "Chen, Chang, Lu & Lee, ACCV 2018 (arXiv 1812.00660)"
+    citation = "Chen, Chang, Lu & Lee, ACCV 2018 (arXiv 1812.00660)"
     defaults = {"weight": 1.0, "adv": 0.01, "kd": 1.0, "ce": 1.0, "T": 4.0,
                 "d_lr": 2e-4, "d_beta1": 0.5, "d_beta2": 0.999}
     student_taps = ("stage3",)

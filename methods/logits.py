@@ -9,19 +9,20 @@ def logits_loss(out_s, out_t):
     return F.mse_loss(out_s, out_t)
 
 
-def reference_call(inputs: dict, hparams: dict):
-    """The loss under the reference's argument names (for the golden vectors of ../shared/golden)."""
-    return logits_loss(inputs["out_s"], inputs["out_t"])
-
-
 class Logits(Method):
     name = "logits"
+    display_name = "Logits"
     kind = "response"
     description = "MSE between student and teacher logits"
-    paper = "Ba & Caruana, NeurIPS 2014"
+    citation = "Ba & Caruana, NeurIPS 2014"
     defaults = {"weight": 0.1}
     student_taps = teacher_taps = ("logits",)
     loss_fn = staticmethod(logits_loss)
+
+    @classmethod
+    def reference_call(cls, inputs: dict, hparams: dict):
+        """The loss under the reference's argument names (for the golden vectors of ../shared/golden)."""
+        return cls.loss_fn(inputs["out_s"], inputs["out_t"])
 
     def distill(self, s_logits, s_feats, t_logits, t_feats, batch, info):
         return {"logits": self.hp["weight"] * logits_loss(s_logits, t_logits)}

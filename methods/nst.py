@@ -31,18 +31,19 @@ def nst_loss(fm_s: torch.Tensor, fm_t: torch.Tensor) -> torch.Tensor:
     return _poly_kernel(t, t).mean() + _poly_kernel(s, s).mean() - 2 * _poly_kernel(s, t).mean()
 
 
-def reference_call(inputs: dict, hparams: dict):
-    return nst_loss(inputs["fm_s"], inputs["fm_t"])
-
-
 class NST(Method):
     name = "nst"
+    display_name = "NST"
     kind = "feature"
     description = "MMD (polynomial kernel) between distributions of last-stage channel activation patterns"
-    paper = "Huang & Wang, arXiv 1707.01219, 2017"
+    citation = "Huang & Wang, arXiv 1707.01219, 2017"
     defaults = {"weight": 10.0}
     student_taps = teacher_taps = ("stage3",)
     loss_fn = staticmethod(nst_loss)
+
+    @classmethod
+    def reference_call(cls, inputs: dict, hparams: dict):
+        return cls.loss_fn(inputs["fm_s"], inputs["fm_t"])
 
     def distill(self, s_logits, s_feats, t_logits, t_feats, batch, info):
         return {"nst": self.hp["weight"] * nst_loss(s_feats["stage3"], t_feats["stage3"])}

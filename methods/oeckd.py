@@ -67,10 +67,11 @@ def oeckd_loss(logits: list[torch.Tensor], y: torch.Tensor, pt_maps: list[torch.
 
 class OECKD(Method):
     name = "oeckd"
+    display_name = "OEC-KD"
     kind = "online"
     description = ("online ensemble compression: 5 students of decreasing width on one stem, each distilled from "
                    "the mean of all logits; compressed students regress the full-width one's maps")
-    paper = "Walawalkar, Shen & Savvides, ECCV 2020"
+    citation = "Walawalkar, Shen & Savvides, ECCV 2020"
     # weight = gamma (KD term); ce_weight = alpha, inter_weight = beta (paper Tables 7-9); T (Table 9)
     defaults = {"weight": 0.15, "ce_weight": 0.7, "inter_weight": 0.15, "T": 2.0}
     needs_teacher = False

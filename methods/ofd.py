@@ -63,30 +63,31 @@ class OFDConnector(nn.Module):
         return self.connector(fm_s)
 
 
-def reference_call(inputs: dict, hparams: dict):
-    margin_eps = hparams.get("margin_eps", 1e-6)
-    if hparams.get("variant") == "post_connector":
-        return ofd_loss(inputs["conn_s"], inputs["fm_t"], margin_eps)
-    fm_s = inputs["fm_s"]
-    with torch.device("meta"):  # structure only: parameters come from the inputs, no RNG is consumed
-        module = OFDConnector(hparams["in_channels"], hparams["out_channels"], hparams.get("bn_eps", 1e-5))
-    module.train(hparams.get("bn_mode", "train") == "train")  # train: batch mean and biased batch variance
-    tensors = {k: inputs[k] for k, _ in module.named_parameters()}
-    c = hparams["out_channels"]  # fresh running statistics, as in a just-built reference module
-    tensors.update({"connector.1.running_mean": fm_s.new_zeros(c), "connector.1.running_var": fm_s.new_ones(c),
-                    "connector.1.num_batches_tracked": torch.zeros((), dtype=torch.long, device=fm_s.device)})
-    conn_s = functional_call(module, tensors, (fm_s,))
-    return ofd_loss(conn_s, inputs["fm_t"], margin_eps)
-
-
 class OFD(Method):
     name = "ofd"
+    display_name = "OFD"
     kind = "feature"
     description = "pre-ReLU feature distillation: margin-clipped teacher, 1x1 conv+BN connector, partial L2"
-    paper = "Heo et al., ICCV 2019"
+    citation = "Heo et al., ICCV 2019"
     defaults = {"weight": 0.5, "margin_eps": 1e-6, "bn_eps": 1e-5}
     student_taps = teacher_taps = STAGES
     loss_fn = staticmethod(ofd_loss)
+
+    @classmethod
+    def reference_call(cls, inputs: dict, hparams: dict):
+        margin_eps = hparams.get("margin_eps", 1e-6)
+        if hparams.get("variant") == "post_connector":
+            return cls.loss_fn(inputs["conn_s"], inputs["fm_t"], margin_eps)
+        fm_s = inputs["fm_s"]
+        with torch.device("meta"):  # structure only: parameters come from the inputs, no RNG is consumed
+            module = OFDConnector(hparams["in_channels"], hparams["out_channels"], hparams.get("bn_eps", 1e-5))
+        module.train(hparams.get("bn_mode", "train") == "train")  # train: batch mean and biased batch variance
+        tensors = {k: inputs[k] for k, _ in module.named_parameters()}
+        c = hparams["out_channels"]  # fresh running statistics, as in a just-built reference module
+        tensors.update({"connector.1.running_mean": fm_s.new_zeros(c), "connector.1.running_var": fm_s.new_ones(c),
+                        "connector.1.num_batches_tracked": torch.zeros((), dtype=torch.long, device=fm_s.device)})
+        conn_s = functional_call(module, tensors, (fm_s,))
+        return cls.loss_fn(conn_s, inputs["fm_t"], margin_eps)
 
     def setup(self, s_feats, t_feats):
         for k in STAGES:

@@ -31,18 +31,19 @@ def pkt_loss(feat_s: torch.Tensor, feat_t: torch.Tensor, eps: float = 1e-6) -> t
     return (p_t * torch.log((p_t + eps) / (p_s + eps))).mean()
 
 
-def reference_call(inputs: dict, hparams: dict):
-    return pkt_loss(inputs["feat_s"], inputs["feat_t"], hparams.get("eps", 1e-6))
-
-
 class PKT(Method):
     name = "pkt"
+    display_name = "PKT"
     kind = "relation"
     description = "match cosine-kernel conditional probability distributions of pooled features over the batch"
-    paper = "Passalis & Tefas, ECCV 2018"
+    citation = "Passalis & Tefas, ECCV 2018"
     defaults = {"weight": 10000.0, "eps": 1e-6}
     student_taps = teacher_taps = ("pool",)
     loss_fn = staticmethod(pkt_loss)
+
+    @classmethod
+    def reference_call(cls, inputs: dict, hparams: dict):
+        return cls.loss_fn(inputs["feat_s"], inputs["feat_t"], hparams.get("eps", 1e-6))
 
     def distill(self, s_logits, s_feats, t_logits, t_feats, batch, info):
         return {"pkt": self.hp["weight"] * pkt_loss(s_feats["pool"], t_feats["pool"], self.hp["eps"])}

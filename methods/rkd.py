@@ -49,19 +49,20 @@ def rkd_loss(feat_s: torch.Tensor, feat_t: torch.Tensor, w_dist: float = 25.0, w
     return w_dist * loss_d + w_angle * loss_a
 
 
-def reference_call(inputs: dict, hparams: dict):
-    return rkd_loss(inputs["feat_s"], inputs["feat_t"], hparams["w_dist"], hparams["w_angle"],
-                    hparams.get("eps", 1e-12), hparams.get("smooth_l1_beta", 1.0))
-
-
 class RKD(Method):
     name = "rkd"
+    display_name = "RKD"
     kind = "relation"
     description = "match mean-normalised pairwise distances and triplet angles of pooled features (Huber)"
-    paper = "Park, Kim, Lu & Cho, CVPR 2019"
+    citation = "Park, Kim, Lu & Cho, CVPR 2019"
     defaults = {"weight": 1.0, "w_dist": 25.0, "w_angle": 50.0, "eps": 1e-12}
     student_taps = teacher_taps = ("pool",)
     loss_fn = staticmethod(rkd_loss)
+
+    @classmethod
+    def reference_call(cls, inputs: dict, hparams: dict):
+        return cls.loss_fn(inputs["feat_s"], inputs["feat_t"], hparams["w_dist"], hparams["w_angle"],
+                           hparams.get("eps", 1e-12), hparams.get("smooth_l1_beta", 1.0))
 
     def distill(self, s_logits, s_feats, t_logits, t_feats, batch, info):
         hp = self.hp

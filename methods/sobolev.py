@@ -25,12 +25,6 @@ def sobolev_loss(grad_s: torch.Tensor, grad_t: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(flat_s, flat_t.detach())
 
 
-def reference_call(inputs: dict, hparams: dict):
-    """The golden vectors give the input gradients themselves (the reference's linear-surrogate convention:
-    d out[target] / d img == grad_x), so `target` is not needed to evaluate the loss."""
-    return sobolev_loss(inputs["grad_s"], inputs["grad_t"])
-
-
 def target_input_grad(logits: torch.Tensor, x: torch.Tensor, target: torch.Tensor, create_graph: bool):
     """d logits[b, target_b] / d x for every sample b (one backward pass over the summed target logits)."""
     picked = logits.gather(1, target.view(-1, 1)).sum()
@@ -39,13 +33,19 @@ def target_input_grad(logits: torch.Tensor, x: torch.Tensor, target: torch.Tenso
 
 class Sobolev(Method):
     name = "sobolev"
+    display_name = "Sobolev"
     kind = "response"
     description = "match the normalised input gradients of the target-class logit (Jacobian matching)"
-    paper = "Czarnecki et al., NeurIPS 2017; Srinivas & Fleuret, ICML 2018"
+    citation = "Czarnecki et al., NeurIPS 2017; Srinivas & Fleuret, ICML 2018"
     defaults = {"weight": 20.0}
     student_taps = teacher_taps = ("logits",)
-    needs = frozenset({"input_grad"})
     loss_fn = staticmethod(sobolev_loss)
+
+    @classmethod
+    def reference_call(cls, inputs: dict, hparams: dict):
+        """The golden vectors give the input gradients themselves (the reference's linear-surrogate convention:
+        d out[target] / d img == grad_x), so `target` is not needed to evaluate the loss."""
+        return cls.loss_fn(inputs["grad_s"], inputs["grad_t"])
 
     def losses(self, batch, info):
         """CE plus the Jacobian term. The student's input gradient keeps its graph (double back-propagation

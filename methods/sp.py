@@ -26,18 +26,19 @@ def sp_loss(fm_s: torch.Tensor, fm_t: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(similarity_matrix(fm_s), similarity_matrix(fm_t))
 
 
-def reference_call(inputs: dict, hparams: dict):
-    return sp_loss(inputs["fm_s"], inputs["fm_t"])
-
-
 class SP(Method):
     name = "sp"
+    display_name = "SP"
     kind = "relation"
     description = "match row-normalised batch similarity (Gram) matrices of the three stages"
-    paper = "Tung & Mori, ICCV 2019"
+    citation = "Tung & Mori, ICCV 2019"
     defaults = {"weight": 3000.0}
     student_taps = teacher_taps = ("stage1", "stage2", "stage3")
     loss_fn = staticmethod(sp_loss)
+
+    @classmethod
+    def reference_call(cls, inputs: dict, hparams: dict):
+        return cls.loss_fn(inputs["fm_s"], inputs["fm_t"])
 
     def distill(self, s_logits, s_feats, t_logits, t_feats, batch, info):
         per_stage = [sp_loss(s_feats[k], t_feats[k]) for k in self.student_taps]

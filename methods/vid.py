@@ -74,26 +74,27 @@ class VIDModule(nn.Module):
         return self.regressor(fm_s)
 
 
-def reference_call(inputs: dict, hparams: dict):
-    eps = hparams.get("eps", 1e-6)
-    if hparams.get("variant") == "post_regressor":
-        return vid_loss(inputs["pred_mean"], inputs["fm_t"], inputs["alpha"], eps)
-    with torch.device("meta"):  # structure only: the parameters come from the inputs, no RNG is consumed
-        module = VIDModule(hparams["in_channels"], hparams["mid_channels"], hparams["out_channels"],
-                           hparams.get("init_var", 5.0), eps)
-    params = {k: inputs[k] for k, _ in module.named_parameters()}
-    pred_mean = functional_call(module, params, (inputs["fm_s"],))
-    return vid_loss(pred_mean, inputs["fm_t"], inputs["alpha"], eps)
-
-
 class VID(Method):
     name = "vid"
+    display_name = "VID"
     kind = "feature"
     description = "student predicts the teacher's stage maps under a Gaussian with learned per-channel variance"
-    paper = "Ahn et al., CVPR 2019"
+    citation = "Ahn et al., CVPR 2019"
     defaults = {"weight": 1.0, "sf": 1.0, "init_var": 5.0, "eps": 1e-6}
     student_taps = teacher_taps = STAGES
     loss_fn = staticmethod(vid_loss)
+
+    @classmethod
+    def reference_call(cls, inputs: dict, hparams: dict):
+        eps = hparams.get("eps", 1e-6)
+        if hparams.get("variant") == "post_regressor":
+            return cls.loss_fn(inputs["pred_mean"], inputs["fm_t"], inputs["alpha"], eps)
+        with torch.device("meta"):  # structure only: the parameters come from the inputs, no RNG is consumed
+            module = VIDModule(hparams["in_channels"], hparams["mid_channels"], hparams["out_channels"],
+                               hparams.get("init_var", 5.0), eps)
+        params = {k: inputs[k] for k, _ in module.named_parameters()}
+        pred_mean = functional_call(module, params, (inputs["fm_s"],))
+        return cls.loss_fn(pred_mean, inputs["fm_t"], inputs["alpha"], eps)
 
     def setup(self, s_feats, t_feats):
         for k in STAGES:

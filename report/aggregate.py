@@ -16,7 +16,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from .paper import ROW_ORDER, canonical_key, display_name, paper_arch
+from .paper import canonical_key, display_name, paper_arch, row_order
 
 RowId = tuple[str, str]  # (key, arch); arch "" when the records do not say
 
@@ -71,13 +71,14 @@ def _natural(text: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
-def ordered_rows(seen: Iterable[RowId], paper_keys: Iterable[str] = ROW_ORDER,
+def ordered_rows(seen: Iterable[RowId], paper_keys: Iterable[str] | None = None,
                  required: Iterable[str] | None = None) -> list[RowId]:
-    """The paper's rows in the paper's order, each followed by its variants on other networks, then the
-    rows the paper lacks in first-seen order. A `required` key (default: every paper key) without a run
-    gets a placeholder row, so a planned row that never ran shows as missing instead of vanishing."""
+    """The paper's rows in the paper's order (default `paper.row_order()`), each followed by its variants on
+    other networks, then the rows the paper lacks in first-seen order. A `required` key (default: every paper
+    key) without a run gets a placeholder row, so a planned row that never ran shows as missing instead of
+    vanishing."""
     seen = list(dict.fromkeys(seen))
-    paper_keys = list(paper_keys)
+    paper_keys = row_order() if paper_keys is None else list(paper_keys)
     required = set(paper_keys if required is None else required)
     out: list[RowId] = []
     for key in paper_keys:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from runner.folder import State, iter_folders
+from runner.folder import State, readable_runs
 from runner.measure import read_measurements
 from runner.spec import member_run_id
 
@@ -16,10 +16,9 @@ COLUMNS = ["dataset", "method", "role", "seed", "student", "teacher", "status",
 
 def run_rows(results_dir: str | Path) -> pd.DataFrame:
     rows = []
-    for folder in iter_folders(results_dir):
-        spec, info = folder.read_spec()
+    for folder, spec, info in readable_runs(results_dir):
         state = folder.state()
-        row = {"dataset": spec.data.label, "method": spec.method, "role": info.get("role", "method"),
+        row = {"dataset": spec.data.label, "method": spec.method or spec.kind, "role": info.get("role", "method"),
                "seed": spec.seed, "student": spec.student, "teacher": (spec.teacher or {}).get("arch"),
                "status": state.value, "run_id": folder.run_id}
         final = folder.read_final() if state in (State.DONE, State.FAILED) else None
@@ -37,16 +36,15 @@ def run_rows(results_dir: str | Path) -> pd.DataFrame:
 
 def measurement_rows(results_dir: str | Path) -> pd.DataFrame:
     """Every measurement of every finished run, on every machine it was measured on."""
-    rows = [m for folder in iter_folders(results_dir) for m in read_measurements(folder.path)]
+    rows = [m for folder, _, _ in readable_runs(results_dir) for m in read_measurements(folder.path)]
     return pd.DataFrame(rows)
 
 
 def training_curves(results_dir: str | Path, label: str) -> dict[str, list[list[float]]]:
     """method -> one list of per-epoch test top-1 per seed, for the training-curve plots."""
     curves: dict[str, list[list[float]]] = {}
-    for folder in iter_folders(results_dir):
-        spec, info = folder.read_spec()
-        if spec.data.label != label or spec.method in ("ensemble", "published") or folder.state() != State.DONE:
+    for folder, spec, info in readable_runs(results_dir):
+        if spec.data.label != label or spec.kind != "train" or folder.state() != State.DONE:
             continue
         name = {"teacher": "teacher", "student": "student"}.get(info.get("role"), spec.method)
         curves.setdefault(name, []).append([r["test"]["top1"] for r in folder.read_epochs()])

@@ -4,50 +4,63 @@ Source: Jaeyong Kang and Jeonghwan Gwak, "Ensemble Learning of Lightweight Deep 
 Knowledge Distillation for Image Classification", Mathematics 8(10):1652, 2020. doi:10.3390/math8101652
 
 The numbers live as CSV files in `paper_data/` (see the README there) rather than in code, so that they
-are read exactly as transcribed and a diff of them is a diff of data. Everything in the report is keyed by
-*row keys*: "teacher", "student", a method key of the registry ("at"), or an ensemble key ("ens-at-logits");
-this module turns keys into the names the paper prints and fixes the paper's row order, so that our tables
-line up with the paper's row for row.
+are read exactly as transcribed and a diff of them is a diff of data; they are read as package resources, so
+an installed wheel finds them too. Everything in the report is keyed by *row keys*: "teacher", "student", a
+method key of the registry ("at"), or an ensemble key ("ens-at-logits"). This module turns keys into printed
+names and fixes the row order, but holds no list of methods or ensembles of its own: the methods, their order
+and their printed names come from `methods.REGISTRY` and each class's `display_name`, the paper's ensembles
+from `methods.ensembles`. So a method added to the registry (or with `methods.register`) gets its row.
 """
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
+from importlib import resources
+from typing import TYPE_CHECKING
 
 import pandas as pd
+
+from methods import get_method, method_names
+from methods.ensembles import ENSEMBLES, PREFIX, ensemble_members, ensemble_name
+from methods.registry import REGISTRY
+
+if TYPE_CHECKING:  # importlib.abc on Python 3.10, importlib.resources.abc from 3.11
+    from importlib.resources.abc import Traversable
 
 CITATION = ("J. Kang and J. Gwak, \"Ensemble Learning of Lightweight Deep Learning Models Using Knowledge "
             "Distillation for Image Classification\", Mathematics 8(10):1652, 2020. doi:10.3390/math8101652")
 SHORT_CITATION = "Kang & Gwak (2020)"
 
-DATA_DIR = Path(__file__).resolve().parent / "paper_data"
+DATA_DIR: Traversable = resources.files("report") / "paper_data"
 ACCURACY_CSV = DATA_DIR / "kang2020_tableA1.csv"
 COST_CSV = DATA_DIR / "kang2020_table2.csv"
 
 DATASETS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 
-# The 20 methods in the paper's order (= the registry's order), with the names the paper prints.
-METHOD_NAMES: dict[str, str] = {
-    "logits": "Logits", "st": "Soft target", "at": "AT", "fitnet": "FitNet", "nst": "NST", "pkt": "PKT",
-    "fsp": "FSP", "ft": "FT", "rkd": "RKD", "ab": "AB", "sp": "SP", "sobolev": "Sobolev", "bss": "BSS",
-    "cc": "CC", "irg": "IRG", "vid": "VID", "ofd": "OFD", "afd": "AFD", "crd": "CRD", "dml": "DML",
-}
-# The paper's soft-voting ensembles: key -> (printed name, member methods). "Ens-all" is AT + Logits + RKD.
-ENSEMBLES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "ens-at-logits": ("Ens-AT-Logits", ("at", "logits")),
-    "ens-rkd-logits": ("Ens-RKD-Logits", ("rkd", "logits")),
-    "ens-at-rkd": ("Ens-AT-RKD", ("at", "rkd")),
-    "ens-all": ("Ens-all", ("at", "logits", "rkd")),
-}
 ROLE_NAMES = {"teacher": "Teacher", "student": "Student"}
-# Teacher and student first, then the methods, then the ensembles: the row order of Tables 1 and A1.
-ROW_ORDER: list[str] = ["teacher", "student", *METHOD_NAMES, *ENSEMBLES]
 # The networks the paper's rows were measured with; other networks get no difference against the paper.
 PAPER_ARCH = {"teacher": "resnet110"}
 PAPER_STUDENT_ARCH = "resnet20"
 
-# Systems the benchmark carries beyond the paper, for readable names of their rows.
-OTHER_NAMES = {"ce": "CE", "oeckd": "OEC-KD", "ekd": "EKD", "kdfm": "KDFM"}
+
+def paper_methods() -> list[str]:
+    """The paper's methods in its order: the registry's, less the baseline (`ce`) and the systems run only on
+    request (`methods.ON_REQUEST`). The same set `--all` plans."""
+    return method_names(include_baseline=False, include_on_request=False)
+
+
+def row_order() -> list[str]:
+    """Teacher and student first, then the methods, then the ensembles: the row order of Tables 1 and A1."""
+    return ["teacher", "student", *paper_methods(), *ENSEMBLES]
+
+
+def __getattr__(name: str):
+    """`METHOD_NAMES` (method key -> printed name, in the paper's order) and `ROW_ORDER`, read from the registry
+    on each access, so they include methods registered at run time."""
+    if name == "METHOD_NAMES":
+        return {key: get_method(key).display_name for key in paper_methods()}
+    if name == "ROW_ORDER":
+        return row_order()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def paper_arch(key: str) -> str:
@@ -55,60 +68,41 @@ def paper_arch(key: str) -> str:
     return PAPER_ARCH.get(key, PAPER_STUDENT_ARCH)
 
 
-def _ensemble_members(key: str) -> tuple[str, ...] | None:
-    """The member methods an ensemble key names, or None if it is not `ens-<method>-<method>...`."""
-    if key in ENSEMBLES:
-        return ENSEMBLES[key][1]
-    if not key.startswith("ens-"):
-        return None
-    parts = tuple(key[len("ens-"):].split("-"))
-    return parts if all(p in METHOD_NAMES for p in parts) else None
-
-
 def canonical_key(key: str) -> str:
     """The paper's key for an ensemble named by another order of the same members (`ens-logits-at`,
     `ens-at-logits-rkd` = `ens-all`), so it meets the paper's row instead of becoming a stray one."""
-    members = _ensemble_members(key)
-    if members is None:
-        return key
-    for paper_key, (_, paper_members) in ENSEMBLES.items():
-        if sorted(members) == sorted(paper_members):
-            return paper_key
-    return key
-
-
-def _short(method: str) -> str:
-    return "ST" if method == "st" else METHOD_NAMES.get(method, method)
+    members = ensemble_members(key)
+    return key if members is None else ensemble_name(members)
 
 
 def display_name(key: str) -> str:
-    """The name a row is printed with: the paper's where it has one, a readable one otherwise."""
+    """The name a row is printed with: the paper's where it has one, the method's `display_name` otherwise."""
     key = canonical_key(key)
     if key in ROLE_NAMES:
         return ROLE_NAMES[key]
-    if key in METHOD_NAMES:
-        return METHOD_NAMES[key]
     if key in ENSEMBLES:
-        return ENSEMBLES[key][0]
-    if key in OTHER_NAMES:
-        return OTHER_NAMES[key]
-    if key.startswith("ens-"):
-        members = _ensemble_members(key)
-        return "Ens-" + ("-".join(_short(m) for m in members) if members else key[len("ens-"):])
+        return ENSEMBLES[key].name
+    if key in REGISTRY:
+        return get_method(key).display_name
+    if key.startswith(PREFIX):
+        members = ensemble_members(key)
+        return "Ens-" + ("-".join(get_method(m).short_name for m in members) if members else key[len(PREFIX):])
     base, _, rest = key.partition("-")  # members of a multi-network run: "oeckd-s1" -> "OEC-KD s1"
-    if rest and base in OTHER_NAMES:
-        return f"{OTHER_NAMES[base]} {rest}"
+    if rest and base in REGISTRY:
+        return f"{get_method(base).display_name} {rest}"
     return key
 
 
 def _csv_name_to_key() -> dict[str, str]:
     # matched case-insensitively: the paper prints "Fitnet" where we print "FitNet"
-    names = {**ROLE_NAMES, **METHOD_NAMES, **{k: v[0] for k, v in ENSEMBLES.items()}}
+    names = {**ROLE_NAMES, **{key: get_method(key).display_name for key in paper_methods()},
+             **{key: e.name for key, e in ENSEMBLES.items()}}
     return {name.lower(): key for key, name in names.items()}
 
 
-def _load(path: Path) -> pd.DataFrame:
-    df = pd.read_csv(path)
+def _load(path: Traversable) -> pd.DataFrame:
+    with path.open("rb") as f:  # a file of the installed package, maybe inside a zip: not always a Path
+        df = pd.read_csv(f)
     lookup = _csv_name_to_key()
     keys = [lookup.get(str(name).strip().lower()) for name in df["method"]]
     unknown = [name for name, key in zip(df["method"], keys) if key is None]

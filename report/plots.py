@@ -21,8 +21,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
+from methods.ensembles import ENSEMBLES, PREFIX
+
 from . import aggregate as agg
-from .paper import DATASETS, ENSEMBLES, METHOD_NAMES, ROW_ORDER, display_name
+from .paper import DATASETS, display_name, paper_methods, row_order
 
 COLUMN_WIDTH = 3.3   # in: one column of a two-column paper
 PAGE_WIDTH = 7.0     # in: the full text width
@@ -41,9 +43,9 @@ KINDS = {  # kind -> (legend label, marker, colour)
 def kind_of(key: str) -> str:
     if key in ("teacher", "student"):
         return key
-    if key in METHOD_NAMES:
+    if key in paper_methods():
         return "method"
-    return "ensemble" if key in ENSEMBLES or key.startswith("ens-") else "other"
+    return "ensemble" if key in ENSEMBLES or key.startswith(PREFIX) else "other"
 
 
 def _slug(text: str) -> str:
@@ -78,7 +80,7 @@ def accuracy_points(summary: pd.DataFrame, label: str, x: str = "params",
         _, measured, _ = agg.pick_device(measurements, device)
         timings = agg.run_timings(measured, summary)
         timings = timings[timings["dataset"] == label]
-    rows = agg.ordered_rows(list(acc), ROW_ORDER, required=())
+    rows = agg.ordered_rows(list(acc), row_order(), required=())
     points, notes = [], []
     for row in rows:
         s = acc.get(row, agg.Stat())
@@ -276,8 +278,8 @@ def plot_curves(curves: dict[str, list[list[float]]], title: str | None = None) 
     epoch as a thin line and their mean (over the seeds that reached that epoch) as a thick one. Shared
     axes, so panels compare at a glance."""
     import matplotlib
-    keys = sorted(curves, key=lambda k: (ROW_ORDER.index(k) if k in ROW_ORDER else len(ROW_ORDER),
-                                         list(curves).index(k)))
+    order = row_order()
+    keys = sorted(curves, key=lambda k: (order.index(k) if k in order else len(order), list(curves).index(k)))
     ncols = min(4, len(keys))
     nrows = math.ceil(len(keys) / ncols)
     width = COLUMN_WIDTH if ncols == 1 else PAGE_WIDTH

@@ -21,9 +21,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from methods.ensembles import ENSEMBLES
+
 from . import aggregate as agg
 from .aggregate import RowId, Stat
-from .paper import DATASETS, ENSEMBLES, METHOD_NAMES, ROW_ORDER, SHORT_CITATION, paper_value
+from .paper import DATASETS, SHORT_CITATION, paper_methods, paper_value, row_order
 from .render import Table, to_csv, to_latex, to_markdown
 
 SELECT_TEXT = {"best": "best epoch on the test split, as the paper collects it",
@@ -272,8 +274,9 @@ def table2(summary: pd.DataFrame, measurements: pd.DataFrame | None, datasets: d
         seen += list(zip(runs[key]["row"], runs[key]["arch"])) + list(zip(times[key]["row"], times[key]["arch"]))
     measured_rows = {r for key in DATASETS for r in zip(times[key]["row"], times[key]["arch"])}
     # the distillation methods share the student's network at inference: listed only when measured
-    seen = [r for r in seen if r[0] not in METHOD_NAMES or r in measured_rows]
-    rows = agg.ordered_rows(seen, ROW_ORDER, required=TABLE2_KEYS)
+    methods = set(paper_methods())
+    seen = [r for r in seen if r[0] not in methods or r in measured_rows]
+    rows = agg.ordered_rows(seen, row_order(), required=TABLE2_KEYS)
 
     groups, records, lines = [], [], []
     for key in DATASETS:

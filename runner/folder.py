@@ -7,12 +7,22 @@ it is the done marker; the summary is always rebuilt from these folders.
 from __future__ import annotations
 
 import json
+import sys
 from enum import Enum
 from pathlib import Path
 
-from .spec import RunSpec
 from core.errors import UserError
+
+from .spec import RunSpec
 from .store import CorruptFile, read_json_checked, write_atomic
+
+# Version of the run-folder layout, recorded in every spec.json. 2: run kinds explicit in the spec (run ids
+# changed). A folder of another version is reported and skipped, never read as if it were of this one.
+FORMAT_VERSION = 2
+
+
+class UnreadableFolder(Exception):
+    """A run folder whose spec.json is damaged, or was written by another version of kd-bench."""
 
 
 class State(str, Enum):
@@ -39,19 +49,35 @@ class RunFolder:
 
     def read_spec(self) -> tuple[RunSpec, dict]:
         """The spec and the unhashed run information (e.g. where a published teacher lives)."""
-        d = json.loads(self.spec_json.read_text())
-        return RunSpec.from_dict(d["spec"]), d.get("info", {})
+        try:
+            d = json.loads(self.spec_json.read_text())
+        except (OSError, ValueError) as e:
+            raise UnreadableFolder(f"run folder {self.path}: spec.json is damaged ({e}); delete the folder to "
+                                   "run it again") from None
+        version = d.get("format", 1) if isinstance(d, dict) else None
+        if version != FORMAT_VERSION:
+            raise UnreadableFolder(f"run folder {self.path} was written by another version of kd-bench (format "
+                                   f"{version}, this one reads {FORMAT_VERSION}); its results are not mixed "
+                                   "with these: move it to another results folder or delete it")
+        try:
+            return RunSpec.from_dict(d["spec"]), d.get("info", {})
+        except (KeyError, TypeError, ValueError) as e:
+            raise UnreadableFolder(f"run folder {self.path}: spec.json does not hold a valid spec ({e}); "
+                                   "delete the folder to run it again") from None
 
     def write_spec(self, spec: RunSpec, info: dict) -> dict:
         """Create the folder and record its spec (PARTIAL from now on); returns the run information, merged
         with what an earlier start recorded. A folder holding another spec is damaged, never overwritten."""
         self.path.mkdir(parents=True, exist_ok=True)
-        record = {"run_id": spec.run_id, "spec": spec.to_dict(), "info": info}
+        record = {"format": FORMAT_VERSION, "run_id": spec.run_id, "spec": spec.to_dict(), "info": info}
         if self.spec_json.exists():
-            old = json.loads(self.spec_json.read_text())
-            if old["spec"] != record["spec"]:
+            try:
+                old_spec, old_info = self.read_spec()
+            except UnreadableFolder as e:
+                raise UserError(str(e)) from None
+            if old_spec.to_dict() != record["spec"]:
                 raise UserError(f"{self.spec_json} holds another spec: the results folder is damaged")
-            record["info"] = {**old.get("info", {}), **info}
+            record["info"] = {**old_info, **info}
         write_atomic(self.spec_json, json.dumps(record, indent=1, sort_keys=True).encode())
         return record["info"]
 
@@ -112,3 +138,24 @@ def iter_folders(results_dir: str | Path):
         for p in sorted(runs.iterdir()):
             if (p / "spec.json").is_file():
                 yield RunFolder(results_dir, p.name)
+
+
+_reported: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _reported:
+        _reported.add(message)
+        print(f"skipped: {message}", file=sys.stderr)
+
+
+def readable_runs(results_dir: str | Path, warn=_warn_once):
+    """(folder, spec, info) of every run folder whose spec this version reads; each other folder (damaged, or
+    of another format) is reported in one line and skipped, so it never stops the others."""
+    for folder in iter_folders(results_dir):
+        try:
+            spec, info = folder.read_spec()
+        except UnreadableFolder as e:
+            warn(str(e))
+            continue
+        yield folder, spec, info

@@ -19,7 +19,6 @@ from typing import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .spec import member_run_id
 from .store import write_atomic
 
 
@@ -95,53 +94,3 @@ def read_measurements(run_dir: Path) -> list[dict]:
         except ValueError:
             continue  # a damaged measurement file is ignored, the others stand
     return out
-
-
-def remeasure(folder, env) -> dict | None:
-    """Measure a finished run (or ensemble) again on this machine; adds a measurement file, returns it."""
-    from data import EvalLoader, dataset_info
-    from models import count_parameters
-    from models.pretrained import load_teacher
-
-    from .ensemble import measure_ensemble
-    from .folder import RunFolder, State
-    from .published import checkpoint_path
-    from .train import cached_splits
-
-    if folder.state() != State.DONE:
-        return None
-    spec, info = folder.read_spec()
-    final = folder.read_final()
-    ds = dataset_info(spec.data.dataset)
-    norm = (ds.mean, ds.std)
-    device = torch.device(env.device)
-    _, test = cached_splits(spec.data, env.data_dir, env.download)
-    inputs = torch.cat([b.x for b in EvalLoader(test, env.test_batch_size, *norm, device=device)])
-    if spec.method == "ensemble":
-        models = [load_teacher(RunFolder(env.results_dir, rid).model, ds.num_classes, norm)[0].to(device)
-                  for _, rid in spec.hparams["members"]]
-        record = measure_ensemble(models, inputs, spec.hparams["voting"], env.measure_repeats or 3)
-    else:
-        path = checkpoint_path(spec, info) if spec.method == "published" else folder.model
-        model = load_teacher(path, ds.num_classes, norm)[0].to(device)
-        record = measure(model, inputs, count_parameters(model), final.get("extra_params", 0),
-                         repeats=env.measure_repeats or 3)
-        for key, member in member_networks(model, final.get("members") or {}).items():
-            m = measure(member, inputs, count_parameters(member), repeats=env.measure_repeats or 3)
-            m.update(run_id=member_run_id(folder.run_id, key), method=f"{final['method']}-{key}",
-                     dataset=spec.data.label, seed=spec.seed, role="member")
-            save_measurement(folder.path, m)
-    record.update(run_id=folder.run_id, method=final["method"], dataset=spec.data.label, seed=spec.seed,
-                  role=final.get("role", info.get("role", "method")))
-    save_measurement(folder.path, record)
-    return record
-
-
-def member_networks(model, keys) -> dict:
-    """The member networks of a saved multi-branch model, by the keys its run recorded: `<letter><j>` is stem +
-    branch j (OEC-KD's s1.., EKD's b1..), any other key the whole network (OEC-KD's `ens`)."""
-    from models.branches import MultiBranchNet
-
-    if not isinstance(model, MultiBranchNet):
-        return {}
-    return {k: model.member(int(k[1:]) - 1) if k[1:].isdigit() else model for k in keys}

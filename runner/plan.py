@@ -7,23 +7,24 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import yaml
 
+from core.errors import UserError
 from data import dataset_info
 from methods import default_methods, get_method
+from methods.ensembles import PAPER_ENSEMBLES, VOTING, ensemble_name
 from models import MODELS
 from models.pretrained import file_sha256, load_teacher
 
-from core.errors import UserError
 from .spec import DataSpec, Protocol, RunSpec
-
-PRESETS_FILE = Path(__file__).resolve().parents[1] / "configs" / "presets.yaml"
 
 
 def load_presets() -> dict:
-    return yaml.safe_load(PRESETS_FILE.read_text())
+    """The built-in protocol presets (configs/presets.yaml, package data: found from a checkout or a wheel)."""
+    return yaml.safe_load(resources.files("configs").joinpath("presets.yaml").read_text())
 
 
 @dataclass
@@ -115,8 +116,8 @@ def plan(req: PlanRequest) -> list[list[PlannedRun]]:
     if published and uses_teacher:
         # its own row in the tables: evaluated and measured once, trained never (runner/published.py)
         t_info = {"teacher_path": str(Path(req.teacher_checkpoint).resolve())}
-        spec = RunSpec(data=data, method="published", student=published["arch"], seed=0, protocol=Protocol(),
-                       teacher=dict(published))
+        spec = RunSpec(data=data, method=None, student=published["arch"], seed=0, protocol=Protocol(),
+                       teacher=dict(published), kind="published")
         teachers.append(PlannedRun(spec, "teacher", {"role": "teacher", **t_info}))
     for seed in req.seeds:
         if published:
@@ -162,8 +163,6 @@ def plan(req: PlanRequest) -> list[list[PlannedRun]]:
 
 def plan_ensembles(req: PlanRequest, students: list[PlannedRun], methods: list[str]) -> list[PlannedRun]:
     """The paper's ensembles whose members are all planned, plus any the user names, per seed."""
-    from .ensemble import PAPER_ENSEMBLES, VOTING, ensemble_name
-
     if req.voting not in VOTING:
         raise UserError(f"unknown voting {req.voting!r}; choose one of {', '.join(VOTING)}")
     combos = [c for c in PAPER_ENSEMBLES.values() if all(m in methods for m in c)]
@@ -182,10 +181,9 @@ def plan_ensembles(req: PlanRequest, students: list[PlannedRun], methods: list[s
     for seed, runs in by_seed.items():
         for combo in combos:
             members = [runs[m] for m in combo]
-            hp = {"name": ensemble_name(tuple(combo)), "members": [[m, runs[m].run_id] for m in combo],
-                  "voting": req.voting}
+            hp = {"members": [[m, runs[m].run_id] for m in combo], "voting": req.voting}
             first = members[0].spec
-            spec = RunSpec(data=first.data, method="ensemble", student=first.student, seed=seed,
-                           protocol=first.protocol, hparams=hp)
+            spec = RunSpec(data=first.data, method=ensemble_name(tuple(combo)), student=first.student, seed=seed,
+                           protocol=first.protocol, hparams=hp, kind="ensemble")
             out.append(PlannedRun(spec, "ensemble", {"role": "ensemble"}, tuple(r.run_id for r in members)))
     return out

@@ -40,15 +40,25 @@ class DataSpec:
         return label
 
 
+# What a run does with its spec (runner/kinds.py maps each to the module that executes and measures it):
+# train a network with a method; evaluate an ensemble of finished runs; evaluate a published checkpoint.
+RUN_KINDS = ("train", "ensemble", "published")
+
+
 @dataclass(frozen=True)
 class RunSpec:
     data: DataSpec
-    method: str
+    method: str | None  # the method (train), the ensemble's key (ensemble), None (published)
     student: str
     seed: int
     protocol: Protocol
     hparams: dict = field(default_factory=dict)
     teacher: dict | None = None  # {"run": id, "arch": name} or {"sha256": ..., "arch": name}; None without teacher
+    kind: str = "train"
+
+    def __post_init__(self):
+        if self.kind not in RUN_KINDS:
+            raise ValueError(f"unknown run kind {self.kind!r}; known: {', '.join(RUN_KINDS)}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -56,15 +66,25 @@ class RunSpec:
     @classmethod
     def from_dict(cls, d: dict) -> "RunSpec":
         return cls(data=DataSpec(**d["data"]), method=d["method"], student=d["student"], seed=d["seed"],
-                   protocol=Protocol(**d["protocol"]), hparams=d.get("hparams", {}), teacher=d.get("teacher"))
+                   protocol=Protocol(**d["protocol"]), hparams=d.get("hparams", {}), teacher=d.get("teacher"),
+                   kind=d["kind"])
 
     @property
     def run_id(self) -> str:
         canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
+    @property
+    def what(self) -> str:
+        """What the run is, in words: 'at resnet20', 'ensemble ens-at-logits', 'published resnet56_a'."""
+        if self.kind == "train":
+            return f"{self.method} {self.student}"
+        if self.kind == "ensemble":
+            return f"ensemble {self.method} ({self.hparams.get('voting')} voting)"
+        return f"{self.kind} {self.student}"
+
     def describe(self) -> str:
-        return f"{self.data.label} {self.method} {self.student} seed={self.seed} [{self.run_id}]"
+        return f"{self.data.label} {self.what} seed={self.seed} [{self.run_id}]"
 
 
 

@@ -1,4 +1,4 @@
-"""One run: build the networks, train through the method's stages, evaluate every epoch, checkpoint, finish.
+"""The `train` kind: build the networks, train through the method's stages, evaluate every epoch, checkpoint, finish.
 
 Resuming is exact: the checkpoint holds every weight, buffer, optimiser state and RNG state, and the batch
 stream depends only on (seed, epoch), so a run killed at any point and resumed ends with the same metrics as
@@ -8,64 +8,29 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import random
 import time
-import traceback
-from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
-from data import EvalLoader, TrainLoader, dataset_info, load_splits
+from core.errors import Diverged, UserError
+from core.seeding import method_generator, seeded
+from data import EvalLoader, TrainLoader, dataset_info
 from methods import get_method
 from methods.base import Context, StepInfo
-from core.seeding import method_generator, seeded
 from models import build_seeded, count_parameters
+from models.branches import MultiBranchNet
 from models.pretrained import file_sha256, load_teacher
 
-from .claims import Claim, ClaimLost, read_claim
-from .claims import describe as describe_claim
-from core.errors import UserError
+from .env import RunEnv, cached_splits, set_deterministic, test_loader
 from .evaluate import evaluate
 from .folder import RunFolder
 from .measure import measure, save_measurement
-from .spec import DataSpec, RunSpec, member_run_id
+from .spec import RunSpec, member_run_id
 from .store import CorruptFile, load_checked, save_checked, write_atomic, write_json_checked
 
-
-class Diverged(Exception):
-    """A loss became NaN or infinite."""
-
-
-@dataclass
-class RunEnv:
-    """Where and how a run executes; nothing here changes its result (not part of the run id)."""
-
-    results_dir: str = "results"
-    data_dir: str | None = None
-    download: bool = False
-    device: str = "cpu"
-    deterministic: bool = False
-    test_batch_size: int = 1000
-    measure_repeats: int = 3  # inference-time repetitions at the end of a run (0: no measurement)
-    log: Callable[[str], None] = field(default=print)
-
-
-def set_deterministic(on: bool) -> None:
-    if on:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.benchmark = not on
-    torch.backends.cudnn.deterministic = on
-
-
-@lru_cache(maxsize=4)
-def cached_splits(data: DataSpec, data_dir: str | None, download: bool):
-    return load_splits(data.dataset, data.source, data_dir, download, data.train_size, data.test_size)
 
 
 def teacher_path(spec: RunSpec, info: dict, results_dir: str) -> Path | None:
@@ -130,8 +95,8 @@ def build_method(name: str, hparams: dict, student, teacher, ctx: Context, probe
 
 
 class Run:
-    def __init__(self, spec: RunSpec, env: RunEnv, info: dict | None = None):
-        self.spec, self.env = spec, env
+    def __init__(self, spec: RunSpec, env: RunEnv, info: dict | None = None, claim=None):
+        self.spec, self.env, self.claim = spec, env, claim
         self.folder = RunFolder(env.results_dir, spec.run_id)
         self.info = dict(info or {})
         self.device = torch.device(env.device)
@@ -257,7 +222,7 @@ class Run:
             test = evaluate(self.method.eval_model(), self.test_loader)
             row = {"epoch": epoch + 1, "stage": stage.name, "lr": lr, "losses": losses, "test": test,
                    "train_time": round(train_time, 3)}
-            if getattr(self, "claim", None) is not None:
+            if self.claim is not None:
                 self.claim.check()  # taken over while this process was frozen: stop, write nothing more
             members = self.method.member_models()
             if members:
@@ -324,68 +289,25 @@ def save_model(model, arch, num_classes, norm, path: Path) -> None:
     write_atomic(path, buf.getvalue())
 
 
-def execute(spec: RunSpec, env: RunEnv, info: dict | None = None, retries: int = 0) -> dict:
-    """Run (or resume, or skip if done) one spec, as the only process doing so.
 
-    The run folder is claimed first (runner/claims.py): if another live process holds it, nothing is done and
-    {"status": "busy"} comes back, so two sweeps on one results folder never execute a run twice. A divergence
-    or crash is recorded as FAILED with its reason, and every failure is also appended to failures.json, which
-    survives retries: a crash is tried again from the last checkpoint while the failures so far number at most
-    `retries` (launchers apply the same cap across sweeps). A divergence is deterministic and never retried.
-    A bad input (UserError) is raised without recording anything as a result."""
-    folder = RunFolder(env.results_dir, spec.run_id)
-    claim = Claim(folder.path, log=lambda msg: env.log(f"[{spec.run_id}] {msg}"))
-    if not claim.acquire():
-        env.log(f"[{spec.run_id}] busy: executed by {describe_claim(claim.holder)}")
-        return {"status": "busy", "run_id": spec.run_id, "holder": claim.holder}
+def execute(spec: RunSpec, env: RunEnv, info: dict, claim) -> dict:
+    """The `train` kind: train (or resume, or return the record of) one run, as the holder of its claim."""
+    return Run(spec, env, info, claim).execute()
 
-    def note(msg: str) -> None:
-        env.log(f"[{spec.run_id} {spec.method}] {msg}")
-        with open(folder.log, "a") as f:
-            f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + msg + "\n")
 
-    try:
-        folder.clean_temporaries()
-        problem = folder.final_problem()
-        if problem:
-            note(f"{problem}: not trusted, the run continues from its last good checkpoint")
-        while True:
-            previous = folder.read_final()
-            if previous is not None and previous.get("status") == "failed":
-                folder.final.unlink()  # running again: PARTIAL, not FAILED (failures.json keeps the count)
-                note(f"trying again after {len(folder.read_failures())} failure(s); last: {previous.get('error')}")
-            try:
-                if spec.method == "ensemble":
-                    from .ensemble import execute_ensemble
-                    return execute_ensemble(spec, env, info)
-                if spec.method == "published":
-                    from .published import execute_published
-                    return execute_published(spec, env, info)
-                run = Run(spec, env, info)
-                run.claim = claim
-                return run.execute()
-            except UserError:
-                raise
-            except ClaimLost as e:
-                env.log(f"[{spec.run_id}] stopped: {e}")
-                return {"status": "busy", "run_id": spec.run_id, "holder": read_claim(folder.path)}
-            except (Diverged, Exception) as e:
-                reason = str(e) if isinstance(e, Diverged) else f"{type(e).__name__}: {e}"
-                retryable = not isinstance(e, Diverged)
-                if not folder.path.exists():
-                    return {"status": "failed", "run_id": spec.run_id, "error": reason}
-                note(f"FAILED: {reason}")
-                if retryable:
-                    with open(folder.log, "a") as f:
-                        f.write(traceback.format_exc())
-                failures = folder.read_failures() + [{"error": reason, "retryable": retryable,
-                                                      "time": time.strftime("%Y-%m-%dT%H:%M:%S")}]
-                write_json_checked(folder.failures, {"failures": failures})
-                record = {"status": "failed", "run_id": spec.run_id, "error": reason, "failures": len(failures),
-                          "retryable": retryable, "method": spec.method, "dataset": spec.data.label,
-                          "seed": spec.seed, "student": spec.student}
-                write_json_checked(folder.final, record)
-                if not retryable or len(failures) > retries:
-                    return record
-    finally:
-        claim.release()
+def remeasure(folder: RunFolder, spec: RunSpec, info: dict, final: dict, env: RunEnv) -> list[dict]:
+    """Time the delivered network again on this machine, and each member network it delivers besides."""
+    ds = dataset_info(spec.data.dataset)
+    inputs = torch.cat([b.x for b in test_loader(spec.data, env)])
+    model = load_teacher(folder.model, ds.num_classes, (ds.mean, ds.std))[0].to(inputs.device)
+    repeats = env.measure_repeats or 3
+    records = [{**measure(model, inputs, count_parameters(model), final.get("extra_params", 0), repeats=repeats),
+                "role": final.get("role", info.get("role", "method"))}]
+    if isinstance(model, MultiBranchNet):
+        # `<letter><j>` is stem + branch j (OEC-KD's s1.., EKD's b1..), any other key the whole network
+        for key in final.get("members") or {}:
+            member = model.member(int(key[1:]) - 1) if key[1:].isdigit() else model
+            records.append({**measure(member, inputs, count_parameters(member), repeats=repeats),
+                            "run_id": member_run_id(folder.run_id, key), "method": f"{final['method']}-{key}",
+                            "role": "member"})
+    return records

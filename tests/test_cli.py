@@ -27,7 +27,7 @@ def test_list_names_every_registered_method(capsys):
     for name in REGISTRY:
         cls = get_method(name)
         line = next(l for l in out.splitlines() if l.split()[0].rstrip("*") == name)
-        assert cls.kind in line and cls.description in line and cls.paper in line
+        assert cls.kind in line and cls.description in line and cls.citation in line and cls.display_name in line
         assert line.split()[0].endswith("*") == (name in ON_REQUEST), "marked when --all leaves it out"
 
 
@@ -40,7 +40,8 @@ def test_all_plans_the_papers_table_1():
     runs = planned("--all")
     assert runs[0] == ("teacher", "ce", "resnet110") and runs[1] == ("student", "ce", "resnet20")
     assert [m for role, m, _ in runs if role == "student" and m != "ce"] == list(METHOD_NAMES)
-    assert [hp for role, hp, _ in runs if role == "ensemble"] == ["ensemble"] * 4
+    assert [m for role, m, _ in runs if role == "ensemble"] == ["ens-at-logits", "ens-rkd-logits", "ens-at-rkd",
+                                                                "ens-all"]
     assert len(runs) == 2 + 20 + 4 and not {m for _, m, _ in runs} & set(ON_REQUEST)
 
 
@@ -119,7 +120,7 @@ def test_published_teacher_is_used_without_training_one(tmp_path, capsys):
     from models.pretrained import load_teacher
     from runner.evaluate import evaluate
     from runner.folder import RunFolder
-    from runner.train import cached_splits
+    from runner.env import cached_splits
 
     spec, _ = RunFolder(tmp_path, teacher.run_id).read_spec()
     ds = DATASETS["cifar10"]
@@ -133,13 +134,14 @@ def test_published_teacher_changed_on_disk_is_refused(tmp_path):
     import shutil
 
     from core.errors import UserError
-    from runner.train import RunEnv, execute
+    from runner.env import RunEnv
+    from runner.execute import execute
 
     ckpt = tmp_path / "teacher.th"
     shutil.copy(shared_path("weights", "akamaster_cifar10_resnet20-12fca82f.th"), ckpt)
     (run, *_), *_ = plan(benchmark.plan_request(benchmark.build_parser().parse_args(
         ["--methods", "st", *TINY[:2], "--teacher-checkpoint", str(ckpt)])))
-    assert run.spec.method == "published"
+    assert run.spec.kind == "published" and run.spec.method is None
     shutil.copy(shared_path("weights", "akamaster_cifar10_resnet56-4bfd9763.th"), ckpt)
     with pytest.raises(UserError, match="has changed since"):
         execute(run.spec, RunEnv(results_dir=str(tmp_path / "results"), measure_repeats=0), run.info)

@@ -10,12 +10,13 @@ from data import DATASETS, EvalLoader
 from models import build_model
 from models.fused import FusedResNetEnsemble
 from models.pretrained import load_teacher
-from runner.ensemble import LoopEnsemble, StackedEnsemble, build_ensemble, combine, ensemble_name
+from methods.ensembles import combine, ensemble_name
+from models.ensemble import LoopEnsemble, StackedEnsemble, build_ensemble
 from core.errors import UserError
 from runner.evaluate import topk_accuracy
 from runner.folder import RunFolder
 from runner.plan import PlanRequest, plan
-from runner.train import cached_splits
+from runner.env import cached_splits
 
 
 def test_voting_rules_differ_where_they_should():
@@ -67,10 +68,10 @@ def test_different_architectures_fall_back_to_the_loop():
 
 def test_planning_adds_paper_and_user_ensembles():
     stages = plan(PlanRequest(preset="smoke", methods=["at", "logits", "rkd", "st"], ensembles=[("st", "logits")]))
-    names = sorted(r.spec.hparams["name"] for r in stages[-1])
+    names = sorted(r.spec.method for r in stages[-1])
     assert names == ["ens-all", "ens-at-logits", "ens-at-rkd", "ens-rkd-logits", "ens-st-logits"]
     students = {r.spec.method: r.run_id for r in stages[1]}
-    ens_all = next(r for r in stages[-1] if r.spec.hparams["name"] == "ens-all")
+    ens_all = next(r for r in stages[-1] if r.spec.method == "ens-all")
     assert set(ens_all.depends) == {students["at"], students["logits"], students["rkd"]}
     with pytest.raises(UserError, match="not planned: crd"):
         plan(PlanRequest(preset="smoke", methods=["st"], ensembles=[("st", "crd")]))

@@ -1,14 +1,15 @@
 """Every method's pure loss matches the reference implementation (AberHu/Knowledge-Distillation-Zoo), value and
-gradient, on the golden vectors of ../shared/golden, in float64 and float32, with the criteria of its README."""
-from __future__ import annotations
+gradient, on the golden vectors of ../shared/golden, in float64 and float32, with the criteria of its README.
 
-import importlib
+The loss under test is the one the registered class declares, `cls.loss_fn`, called through
+`cls.reference_call` (the reference's argument names -> the loss's)."""
+from __future__ import annotations
 
 import pytest
 import torch
 
 from conftest import SHARED, shared_path
-from methods import method_names
+from methods import get_method, method_names
 
 GOLDEN_DIR = SHARED / "golden"
 
@@ -20,6 +21,23 @@ def test_every_paper_method_is_registered_with_golden_vectors():
     assert [m for m in method_names() if m in PAPER_METHODS] == PAPER_METHODS
     for name in PAPER_METHODS:
         shared_path("golden", f"{name}.pt")
+
+
+@pytest.mark.parametrize("method", PAPER_METHODS)
+def test_golden_vectors_check_the_declared_loss(method, monkeypatch):
+    """`reference_call` evaluates the class's `loss_fn` and nothing else: replace it and the result follows."""
+    cls = get_method(method)
+    assert callable(cls.loss_fn)
+    case = torch.load(shared_path("golden", f"{method}.pt"), weights_only=True)["cases"][0]
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return torch.tensor(12345.0)
+
+    monkeypatch.setattr(cls, "loss_fn", staticmethod(spy))
+    inputs = {k: v.double() if v.is_floating_point() else v for k, v in case["inputs"].items()}
+    assert float(cls.reference_call(inputs, dict(case["hparams"]))) == 12345.0 and len(calls) == 1
 
 
 def _cases():
@@ -40,10 +58,10 @@ def _cases():
 def test_matches_reference(method, case_index, dtype):
     path = shared_path("golden", f"{method}.pt")
     case = torch.load(path, weights_only=True)["cases"][case_index]
-    reference_call = importlib.import_module(f"methods.{method}").reference_call
+    cls = get_method(method)
     inputs = {k: (v.to(dtype).requires_grad_(k in case["grad_inputs"]) if v.is_floating_point() else v.clone())
               for k, v in case["inputs"].items()}
-    loss = reference_call(inputs, dict(case["hparams"])).reshape(())
+    loss = cls.reference_call(inputs, dict(case["hparams"])).reshape(())
     assert loss.dtype == dtype
     ref = case["expected"]
     atol = 1e-6 if dtype == torch.float64 else 1e-5

@@ -153,7 +153,7 @@ def test_crd_memory_moves_toward_embeddings_and_stays_unit_norm():
     assert mem.memory_s.shape == (40, 128) and mem.memory_s.device == method.ctx.device
     bound = 1 / math.sqrt(128 / 3)
     assert mem.memory_s.abs().max() <= bound and mem.memory_t.abs().max() <= bound
-    assert {"embed_s", "embed_t"} <= set(method.extra) and CRD.needs == frozenset({"index"})
+    assert {"embed_s", "embed_t"} <= set(method.extra)
     old_s, old_t = mem.memory_s.clone(), mem.memory_t.clone()
     emb_s, emb_t = _embeddings(method, batch)
     step(method, batch)

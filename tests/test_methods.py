@@ -38,9 +38,11 @@ def test_method_declares_itself(name):
     cls = get_method(name)
     assert cls.name == name
     assert cls.kind in KINDS
-    assert cls.description and cls.paper
+    assert cls.description and cls.citation
+    assert cls.display_name and cls.display_name == cls.__dict__.get("display_name"), "the name tables print"
     if name != "ce":
         assert "weight" in cls.defaults, "every distillation method states its loss weight"
+        assert callable(cls.loss_fn), "every distillation method names its pure loss function"
 
 
 @pytest.mark.parametrize("name", method_names(include_baseline=True))

@@ -17,7 +17,9 @@ from models import build_seeded, build_model, count_parameters
 from models.pretrained import Renormalize
 from runner.plan import PlanRequest, plan
 from runner.spec import DataSpec, Protocol, RunSpec
-from runner.train import RunEnv, build_method, execute, make_optimizer
+from runner.env import RunEnv
+from runner.execute import execute
+from runner.train import build_method, make_optimizer
 
 NUM_CLASSES = 10
 
@@ -202,7 +204,7 @@ def test_ekd_first_branch_can_learn_from_a_published_teacher():
     ckpt = shared_path("weights", "akamaster_cifar10_resnet56-4bfd9763.th")
     stages = plan(PlanRequest(preset="smoke", methods=["ekd"], teacher_checkpoint=str(ckpt)))
     published, *trained = stages[0]
-    assert published.spec.method == "published" and [r.spec.student for r in trained] == ["resnet56", "densenet40"]
+    assert published.spec.kind == "published" and [r.spec.student for r in trained] == ["resnet56", "densenet40"]
     ekd = next(r for r in stages[1] if r.spec.method == "ekd")
     assert ekd.spec.teacher["arch"] == "resnet56_a" and ekd.info["teacher_path"] == str(ckpt.resolve())
 

@@ -86,6 +86,21 @@ def test_paper_rows_names_and_order():
     assert "10.3390/math8101652" in paper.CITATION
 
 
+def test_names_and_ensembles_are_read_from_methods():
+    """No second registry here: the rows are the registry's methods under their classes' `display_name`, the
+    ensembles those of `methods.ensembles`, the numbers read as package data."""
+    from importlib import resources
+
+    from methods import default_methods, ensembles, get_method
+
+    assert list(paper.METHOD_NAMES) == default_methods()
+    assert all(name == get_method(m).display_name for m, name in paper.METHOD_NAMES.items())
+    assert paper.display_name("st") == "Soft target" and paper.display_name("ens-st-at") == "Ens-ST-AT"
+    assert paper.ENSEMBLES is ensembles.ENSEMBLES and paper.ENSEMBLES["ens-all"] == ("Ens-all", ("at", "logits", "rkd"))
+    assert paper.ROW_ORDER == ["teacher", "student", *default_methods(), *ensembles.ENSEMBLES]
+    assert str(paper.ACCURACY_CSV) == str(resources.files("report") / "paper_data" / "kang2020_tableA1.csv")
+
+
 # --- golden renderings ------------------------------------------------------------------------------
 
 def _golden(name: str, text: str) -> None:

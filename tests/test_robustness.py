@@ -17,11 +17,12 @@ from conftest import ROOT
 from runner import claims
 from runner.claims import Claim, ClaimLost
 from runner.folder import RunFolder, State, iter_folders
-from runner.launch import launch_debug, launch_local, retry_budget_left
+from runner.launchers import LaunchOptions, make_launcher, retry_budget_left
 from runner.plan import PlannedRun
 from runner.spec import DataSpec, Protocol, RunSpec
 from runner.store import load_checked, write_json_checked
-from runner.train import RunEnv, execute
+from runner.env import RunEnv
+from runner.execute import execute
 
 SPEC = RunSpec(DataSpec("cifar10", "synthetic", 64, 32), "ce", "resnet8", 0, Protocol(epochs=2, batch_size=32))
 ENV = dict(deterministic=True, measure_repeats=0, log=lambda s: None)
@@ -122,7 +123,8 @@ sys.path.insert(0, {root!r})
 import torch
 torch.set_num_threads({threads})
 from runner.spec import RunSpec
-from runner.train import RunEnv, execute
+from runner.env import RunEnv
+from runner.execute import execute
 spec = RunSpec.from_dict(json.loads({spec!r}))
 record = execute(spec, RunEnv(results_dir={results!r}, deterministic=True, measure_repeats=0, log=lambda s: None))
 print(record["status"])
@@ -265,11 +267,11 @@ def test_local_pool_survives_a_killed_run_which_then_resumes(tmp_path, monkeypat
     stages = [[PlannedRun(SPEC, "teacher"), PlannedRun(other, "teacher")]]
     env = RunEnv(results_dir=str(tmp_path), **ENV)
     monkeypatch.setenv("KDBENCH_FAULT", f"{SPEC.run_id}/ckpt.pt@2:mid:kill")  # its process dies in epoch 2
-    records = {r["run_id"]: r for r in launch_local(stages, env, workers=2, retries=0)}
+    records = {r["run_id"]: r for r in make_launcher("local", env, 0, LaunchOptions(workers=2)).launch(stages)}
     assert records[SPEC.run_id]["status"] == "crashed" and records[other.run_id]["status"] == "done"
     folder = RunFolder(tmp_path, SPEC.run_id)
     assert folder.state() == State.PARTIAL and load_checked(folder.ckpt)["epoch"] == 1
-    records = {r["run_id"]: r for r in launch_local(stages, env, workers=2, retries=0)}
+    records = {r["run_id"]: r for r in make_launcher("local", env, 0, LaunchOptions(workers=2)).launch(stages)}
     assert records[SPEC.run_id]["status"] == "done" and training_starts(folder) == 2
     assert "resumed after epoch 1" in folder.log.read_text()
     assert records[other.run_id]["status"] == "done" and training_starts(RunFolder(tmp_path, other.run_id)) == 1
@@ -292,8 +294,8 @@ def test_debug_launcher_waits_for_a_dependency_held_by_another_process(tmp_path,
     t = threading.Thread(target=finish_teacher_elsewhere)
     t.start()
     stages = [[PlannedRun(teacher, "teacher")], [PlannedRun(student, "student", depends=(teacher.run_id,))]]
-    monkeypatch.setattr("runner.launch.POLL_S", 0.2)
-    records = launch_debug(stages, RunEnv(results_dir=str(tmp_path), **ENV), retries=0)
+    monkeypatch.setattr("runner.launchers.debug.POLL_S", 0.2)
+    records = make_launcher("debug", RunEnv(results_dir=str(tmp_path), **ENV), 0).launch(stages)
     t.join()
     results = {r["run_id"]: r["status"] for r in records}
     assert results == {teacher.run_id: "done", student.run_id: "done"}
@@ -301,7 +303,7 @@ def test_debug_launcher_waits_for_a_dependency_held_by_another_process(tmp_path,
 
 
 def test_local_pool_slots_one_run_per_gpu_or_split_cpus():
-    from runner.launch import _slots
+    from runner.launchers.local import _slots
 
     cpus = len(os.sched_getaffinity(0))
     slots, device, threads = _slots(RunEnv(), workers=None, gpus=[0, 1, 3], runs_per_gpu=2)

@@ -16,7 +16,8 @@ from runner.folder import RunFolder, State
 from runner.spec import DataSpec, Protocol, RunSpec
 from runner.store import read_json_checked
 from models import build_seeded
-from runner.train import RunEnv, execute
+from runner.env import RunEnv
+from runner.execute import execute
 
 DATA = DataSpec("cifar10", "synthetic", 256, 128)
 PROTOCOL = Protocol(epochs=3, batch_size=32)
@@ -61,7 +62,7 @@ def test_students_of_one_seed_share_initial_weights():
 
 def _run_in_subprocess(results: Path) -> subprocess.Popen:
     code = (f"import sys, json; sys.path.insert(0, {str(ROOT)!r}); import torch; torch.set_num_threads({torch.get_num_threads()})\n"
-            "from runner.spec import RunSpec; from runner.train import RunEnv, execute\n"
+            "from runner.spec import RunSpec; from runner.env import RunEnv; from runner.execute import execute\n"
             f"spec = RunSpec.from_dict(json.loads({json.dumps(json.dumps(teacher_spec(4).to_dict()))}))\n"
             f"execute(spec, RunEnv(results_dir={str(results)!r}, deterministic=True))\n")
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -17,7 +17,8 @@ import torch
 import benchmark
 from runner.folder import RunFolder, State
 from runner.plan import PlanRequest, plan
-from runner.train import RunEnv, execute
+from runner.env import RunEnv
+from runner.execute import execute
 
 TINY = dict(preset="smoke", teacher="resnet8", epochs=2, train_size=128, test_size=64)
 CLI_TINY = ["--preset", "smoke", "--teacher", "resnet8", "--epochs", "2", "--train-size", "128",

@@ -1,17 +1,7 @@
-"""Launchers: `debug` runs everything in this process; `local` runs each run in its own process, one run per
-GPU (or N CPU processes with the cores split between them); `slurm` (runner/slurm.py) submits job arrays.
-The launcher is always named, never guessed.
-
-The plan's stages (teachers, students, ensembles, ...) only order the runs; what gates a run is its
-`depends`: it starts once every run it depends on is DONE, so a student starts as soon as its own teacher is
-done, not when every teacher is. A run whose dependency failed (and will not be retried) is skipped and
-reported. A run that fails records FAILED in its folder and does not stop the others; a failed run is tried
-again while its failures number at most `retries`. A run claimed by another process (a second sweep on the
-same results folder) is left to it and waited for, so its dependants can still run here.
-"""
+"""The `local` launcher: each run in its own process, one run per GPU (or N CPU processes with the cores split
+between them)."""
 from __future__ import annotations
 
-import dataclasses
 import multiprocessing as mp
 import multiprocessing.connection
 import os
@@ -19,107 +9,17 @@ import signal
 import sys
 import time
 
-from .claims import claim_alive
-from .claims import describe as describe_claim
 from core.errors import UserError
-from .folder import RunFolder, State
-from .plan import PlannedRun
-from .spec import RunSpec
-from .train import RunEnv, execute
 
-LAUNCHERS = ("debug", "local", "slurm")
-DEFAULT_RETRIES = 1
-POLL_S = 2.0  # how often a launcher looks at runs held by other processes
+from ..env import RunEnv
+from ..execute import execute
+from ..plan import PlannedRun
+from ..spec import RunSpec
+from .base import Launcher, decide, flatten, log_waiting, report_skip
 
-
-def retry_budget_left(folder: RunFolder, retries: int) -> bool:
-    """Whether a FAILED run may run again: its failure is not deterministic (a divergence is) and it has
-    failed at most `retries` times so far."""
-    final = folder.read_final() or {}
-    failures = folder.read_failures()
-    if not failures:  # recorded before failures.json existed: a divergence said so in its error
-        retryable = final.get("retryable", "diverged" not in str(final.get("error", "")))
-        failures = [{"retryable": retryable}] * final.get("failures", 1)
-    return bool(failures[-1].get("retryable", True)) and len(failures) <= retries
+POLL_S = 2.0  # how often to look at runs held by other processes
 
 
-def decide(run: PlannedRun, results_dir: str, retries: int, pending: set[str]) -> tuple[str, dict | None]:
-    """What to do with a run now: ("run", None), ("wait", None), or ("skip", record).
-
-    `pending` holds the run ids this launcher may still execute, so a dependency among them is waited for."""
-    folder = RunFolder(results_dir, run.run_id)
-    state = folder.state()
-    if state == State.DONE:
-        return "skip", folder.read_final()
-    if state == State.FAILED and not retry_budget_left(folder, retries):
-        final = folder.read_final()
-        return "skip", {**final, "error": f"{final.get('error')} (failed {final.get('failures', 1)} time(s); "
-                                          f"not retried: --retries {retries})"}
-    for dep in run.depends:
-        dep_folder = RunFolder(results_dir, dep)
-        if dep_folder.state() == State.DONE:
-            continue
-        if dep in pending or claim_alive(dep_folder.path) is not None:
-            return "wait", None
-        return "skip", {"status": "skipped", "run_id": run.run_id,
-                        "error": f"its dependency {dep} is {dep_folder.state().value}, not DONE"}
-    if claim_alive(folder.path) is not None:
-        return "wait", None
-    return "run", None
-
-
-def _flatten(stages: list[list[PlannedRun]]) -> list[PlannedRun]:
-    seen, runs = set(), []
-    for stage in stages:
-        for run in stage:
-            if run.run_id not in seen:
-                seen.add(run.run_id)
-                runs.append(run)
-    return runs
-
-
-def _log_waiting(env: RunEnv, waiting: list[PlannedRun], said: set) -> None:
-    for run in waiting:
-        holder = claim_alive(RunFolder(env.results_dir, run.run_id).path)
-        key = (run.run_id, (holder or {}).get("token"))
-        if holder is not None and key not in said:
-            said.add(key)
-            env.log(f"waiting: {run.spec.describe()} is executed by {describe_claim(holder)}")
-
-
-def launch_debug(stages: list[list[PlannedRun]], env: RunEnv, retries: int = DEFAULT_RETRIES) -> list[dict]:
-    """Every run in this process, one after the other (tests, debugging with pdb)."""
-    queue, records, said = _flatten(stages), [], set()
-    while queue:
-        progressed = False
-        for run in list(queue):
-            action, record = decide(run, env.results_dir, retries, {r.run_id for r in queue} - {run.run_id})
-            if action == "wait":
-                continue
-            queue.remove(run)
-            progressed = True
-            if action == "skip":
-                _report_skip(env, run, record)
-                records.append(record)
-                continue
-            record = execute(run.spec, env, run.info, retries=retries)
-            if record["status"] == "busy":  # claimed elsewhere between the check and the claim
-                queue.append(run)
-            else:
-                records.append(record)
-        if queue and not progressed:
-            _log_waiting(env, queue, said)
-            time.sleep(POLL_S)
-    return records
-
-
-def _report_skip(env: RunEnv, run: PlannedRun, record: dict) -> None:
-    if record.get("status") == "done":
-        return
-    env.log(f"skip {run.spec.describe()}: {record.get('error')}")
-
-
-# ---- local: one process per run ---------------------------------------------------------------------------
 def _child(conn, spec_dict: dict, info: dict, env_fields: dict, threads: int, retries: int) -> None:
     """Body of a run's own process. Its outcome is also in the run folder; the pipe only carries the record."""
     import torch
@@ -161,20 +61,26 @@ def _slots(env: RunEnv, workers: int | None, gpus: list[int] | None, runs_per_gp
     return [None] * n, "cpu", max(1, cpus // n)
 
 
-def launch_local(stages: list[list[PlannedRun]], env: RunEnv, workers: int | None = None,
-                 gpus: list[int] | None = None, runs_per_gpu: int = 1,
-                 retries: int = DEFAULT_RETRIES) -> list[dict]:
+class LocalLauncher(Launcher):
     """Each run in a fresh process (a crash, an out-of-memory kill or a CUDA fault takes down that run only),
     at most one per slot: `runs_per_gpu` per GPU with CUDA_VISIBLE_DEVICES set to it, or `workers` CPU
     processes sharing the cores. Ctrl-C stops every run; each resumes from its last checkpoint next time."""
+
+    name = "local"
+
+    def launch(self, stages: list[list[PlannedRun]]) -> list[dict]:
+        o = self.options
+        return _launch(stages, self.env, o.workers, o.gpus, o.runs_per_gpu, self.retries)
+
+
+def _launch(stages, env: RunEnv, workers, gpus, runs_per_gpu, retries) -> list[dict]:
     slots, device, threads = _slots(env, workers, gpus, runs_per_gpu)
     free = list(slots)
-    env_fields = {f.name: getattr(env, f.name) for f in dataclasses.fields(env) if f.name != "log"}
-    env_fields["device"] = device
+    env_fields = {**env.fields(), "device": device}
     env.log(f"local pool: {len(slots)} worker(s), {'GPUs ' + str(sorted(set(slots))) if device == 'cuda' else 'CPU'}, "
             f"{threads} thread(s) each")
     ctx = mp.get_context("spawn")
-    queue, records, said = _flatten(stages), [], set()
+    queue, records, said = flatten(stages), [], set()
     running: dict = {}  # sentinel -> (run, process, connection, slot)
     try:
         while queue or running:
@@ -183,14 +89,14 @@ def launch_local(stages: list[list[PlannedRun]], env: RunEnv, workers: int | Non
             for run in list(queue):
                 if not free:
                     break
-                action, record = decide(run, env.results_dir, retries, in_flight - {run.run_id})
-                if action == "wait":
+                decision = decide(run, env.results_dir, retries, in_flight - {run.run_id})
+                if decision.action == "wait":
                     waiting.append(run)
                     continue
                 queue.remove(run)
-                if action == "skip":
-                    _report_skip(env, run, record)
-                    records.append(record)
+                if decision.action == "skip":
+                    report_skip(env, run, decision.record)
+                    records.append(decision.record)
                     continue
                 slot = free.pop(0)
                 receiver, sender = ctx.Pipe(duplex=False)
@@ -212,7 +118,7 @@ def launch_local(stages: list[list[PlannedRun]], env: RunEnv, workers: int | Non
                 env.log(f"start {run.spec.describe()}" + (f" on GPU {slot}" if slot is not None else ""))
             if not running:
                 if queue:
-                    _log_waiting(env, waiting or queue, said)
+                    log_waiting(env, waiting or queue, said)
                     time.sleep(POLL_S)
                 continue
             ready = mp.connection.wait(list(running), timeout=POLL_S if waiting else None)
