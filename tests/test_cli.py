@@ -150,3 +150,40 @@ def test_published_teacher_changed_on_disk_is_refused(tmp_path):
 def test_console_entry_point_runs():
     out = subprocess.run([sys.executable, str(ROOT / "benchmark.py"), "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--teacher-checkpoint" in out.stdout
+
+
+def test_status_names_what_each_run_is(tmp_path, capsys):
+    """Run kinds are explicit: the four ensembles and a trained run are told apart in `status`."""
+    assert cli("status", "--all", *TINY, results=tmp_path) == 0
+    out = capsys.readouterr().out
+    for key in ("ens-at-logits", "ens-rkd-logits", "ens-at-rkd", "ens-all"):
+        assert sum(f"ensemble {key} (logits voting)" in line for line in out.splitlines()) == 1, key
+    assert any(line.startswith("NEW") and " at resnet20 seed=0" in line for line in out.splitlines())
+
+
+def test_folders_of_another_format_are_reported_and_skipped(tmp_path, capsys):
+    """A run folder written by an older kd-bench (no format version), or with a truncated spec.json, is named in one
+    line by `collect` and skipped; the readable folders are still collected and the command succeeds."""
+    import json
+
+    from runner.folder import RunFolder
+    from runner.spec import DataSpec, Protocol, RunSpec
+
+    good = RunSpec(DataSpec("cifar10", "synthetic", 64, 32), "st", "resnet20", 0, Protocol(epochs=1))
+    RunFolder(tmp_path, good.run_id).write_spec(good, {"role": "method"})
+    old = tmp_path / "runs" / "0123456789abcdef"
+    old.mkdir()
+    legacy = {k: v for k, v in good.to_dict().items() if k != "kind"}
+    (old / "spec.json").write_text(json.dumps({"run_id": old.name, "spec": legacy, "info": {}}))
+    cut = tmp_path / "runs" / "fedcba9876543210"
+    cut.mkdir()
+    (cut / "spec.json").write_text(json.dumps({"format": 2, "spec": good.to_dict()})[:40])
+    capsys.readouterr()
+    assert cli("collect", results=tmp_path) == 0
+    captured = capsys.readouterr()
+    skipped = [line for line in captured.err.splitlines() if line.startswith("skipped:")]
+    assert len(skipped) == 2 and "Traceback" not in captured.err
+    assert any("another version of kd-bench (format 1" in line and old.name in line for line in skipped)
+    assert any("spec.json is damaged" in line and cut.name in line for line in skipped)
+    summary = pd.read_csv(next(tmp_path.glob("*/summary.csv")))
+    assert summary.run_id.tolist() == [good.run_id]
