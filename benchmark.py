@@ -156,9 +156,11 @@ def _check_results_dir(path: str) -> None:
 
 
 def cmd_status(args) -> int:
+    from data import dataset_info
     from runner.claims import claim_alive
     from runner.claims import describe as describe_claim
-    from runner.folder import RunFolder, State
+    from runner.evaluate import at_chance
+    from runner.folder import RunFolder, State, UnreadableFolder
     from runner.plan import plan
     from runner.slurm import slurm_status
 
@@ -175,7 +177,17 @@ def cmd_status(args) -> int:
             failed_needs = [d for d in run.depends if states.get(d) == State.FAILED]
             if state != State.DONE and failed_needs:
                 details.append(f"blocked: needs {', '.join(failed_needs)} (FAILED)")
+            if state == State.DONE:
+                final = folder.read_final()
+                classes = dataset_info(run.spec.data.dataset).num_classes
+                if at_chance(final.get("best_top1", 0.0), classes):
+                    details.append(f"SUSPICIOUS: top-1 {final.get('best_top1')} is at chance level "
+                                   f"({100 / classes:g} % for {classes} classes)")
             if state == State.PARTIAL:
+                try:
+                    folder.read_spec()
+                except UnreadableFolder as e:
+                    details.append(f"unreadable: {e}")
                 details.append(f"epoch {len(folder.read_epochs())}")
                 holder = claim_alive(folder.path)
                 if holder is not None:
@@ -231,7 +243,8 @@ def cmd_table(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from report.collect import measurement_rows, run_rows, training_curves
+    from core.errors import UserError
+    from report.collect import label_folder, measurement_rows, run_rows, training_curves
     from report.plots import write_plots
 
     label = _labels(args)[args.dataset]
@@ -240,7 +253,10 @@ def cmd_plot(args) -> int:
     meas = measurement_rows(args.results_dir)
     if not meas.empty:
         meas = meas[meas.dataset == label]
-    out = Path(args.results_dir) / label / "plots"
+    try:
+        out = label_folder(args.results_dir, label) / "plots"
+    except ValueError as e:
+        raise UserError(f"{e}: name the folder under {args.results_dir} that holds the summary") from None
     for path in write_plots(summary, meas, training_curves(args.results_dir, label), out):
         print(f"wrote {path}")
     return 0
@@ -287,14 +303,12 @@ def launch_options(args):
 
 
 def cmd_run(args) -> int:
-    from core.errors import UserError
-    from runner.env import RunEnv, cached_splits
+    from runner.env import RunEnv, cached_splits, check_device
     from runner.launchers import make_launcher
     from runner.plan import plan
 
+    check_device(args.device)
     stages = plan(plan_request(args))
-    if args.retries < 0:
-        raise UserError("--retries must be 0 or more")
     _check_results_dir(args.results_dir)
     env = RunEnv(results_dir=args.results_dir, data_dir=args.data_dir, download=args.download,
                  device=args.device, deterministic=args.deterministic)
@@ -321,6 +335,25 @@ def cmd_run(args) -> int:
     return 0
 
 
+def check_args(args) -> None:
+    """Numbers the parser cannot judge, refused before anything is planned or written."""
+    from core.errors import UserError
+
+    limits = {"--retries": (args.retries, 0), "--workers": (args.workers, 1), "--runs-per-gpu": (args.runs_per_gpu, 1),
+              "--epochs": (args.epochs, 1)}
+    for flag, (value, low) in limits.items():
+        if value is not None and value < low:
+            raise UserError(f"{flag} must be at least {low}, got {value}")
+    if not args.seeds:
+        raise UserError("--seeds names no seed: give a comma-separated list, e.g. --seeds 0,1,2")
+    if any(s < 0 for s in args.seeds):
+        raise UserError(f"--seeds must be 0 or more, got {args.seeds}")
+    if len(set(args.seeds)) != len(args.seeds):
+        raise UserError(f"--seeds names a seed twice: {args.seeds}")
+    if args.gpus is not None and (not args.gpus or any(g < 0 for g in args.gpus)):
+        raise UserError(f"--gpus must list GPU indices (0, 1, ...), got {args.gpus}")
+
+
 def main(argv=None) -> int:
     from core.errors import UserError
 
@@ -329,6 +362,7 @@ def main(argv=None) -> int:
     if args.list:
         args.command = "list"
     try:
+        check_args(args)
         commands = {"run": cmd_run, "status": cmd_status, "collect": cmd_collect, "list": cmd_list,
                     "measure": cmd_measure, "table": cmd_table, "plot": cmd_plot, "cancel": cmd_cancel}
         return commands[args.command](args)
@@ -342,6 +376,31 @@ def main(argv=None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # Python's final flush of stdout must not fail again
         return 0
+    except OSError as e:  # a folder the user named cannot be written (permissions, a full disk)
+        print(f"error: {e.strerror or e} ({e.filename or 'a file'}): choose a folder you can write to "
+              "(--results-dir) or free some space", file=sys.stderr)
+        return 2
+    except Exception as e:  # a bug of ours: one line for the user, the traceback in a file for the report
+        print(f"error: unexpected {type(e).__name__}: {e}; the details are in {_save_traceback(args)}; "
+              "please report it", file=sys.stderr)
+        return 1
+
+
+def _save_traceback(args) -> str:
+    import tempfile
+    import time
+    import traceback
+
+    text = f"kd-bench {' '.join(sys.argv[1:])}\n{traceback.format_exc()}"
+    for folder in (Path(getattr(args, "results_dir", "results")) / "errors", Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"kd-bench-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+            path.write_text(text)
+            return str(path)
+        except OSError:
+            continue
+    return "(nowhere: no folder is writable)"
 
 
 if __name__ == "__main__":

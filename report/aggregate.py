@@ -28,6 +28,7 @@ class Stat:
     std: float | None = None
     n: int = 0          # DONE runs with a value
     done: int = 0       # DONE runs (some may lack this value)
+    chance: int = 0     # DONE runs whose top-1 is at chance level (runner.evaluate.at_chance)
     failed: int = 0
     running: int = 0    # PARTIAL: started, not finished
     new: int = 0        # planned, not started
@@ -111,7 +112,9 @@ def accuracy_stats(runs: pd.DataFrame, column: str) -> dict[RowId, Stat]:
     for (key, arch), part in runs.groupby(["row", "arch"], sort=False):
         counts = run_counts(part["status"])
         done = part[part["status"].astype(str).str.upper() == "DONE"]
-        out[(key, arch)] = seed_stat(done[column] if column in done else pd.Series(dtype=float), counts)
+        chance = int(done["at_chance"].astype("boolean").fillna(False).sum()) if "at_chance" in done else 0
+        out[(key, arch)] = seed_stat(done[column] if column in done else pd.Series(dtype=float),
+                                     {**counts, "chance": chance})
     return out
 
 

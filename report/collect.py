@@ -1,17 +1,21 @@
 """`collect`: rebuild `results/<data>/summary.csv` from the run folders (never appended to), one row per run."""
 from __future__ import annotations
 
+import re
+import sys
 from pathlib import Path
 
 import pandas as pd
 
+from data import dataset_info
+from runner.evaluate import at_chance
 from runner.folder import State, readable_runs
 from runner.measure import read_measurements
 from runner.spec import member_run_id
 
 COLUMNS = ["dataset", "method", "role", "seed", "student", "teacher", "status",
            *[f"best_top{k}" for k in range(1, 6)], *[f"last_top{k}" for k in range(1, 6)],
-           "best_epoch", "epochs", "params", "extra_params", "train_time_s", "run_id", "error"]
+           "best_epoch", "epochs", "params", "extra_params", "train_time_s", "run_id", "error", "at_chance"]
 
 
 def run_rows(results_dir: str | Path) -> pd.DataFrame:
@@ -24,13 +28,18 @@ def run_rows(results_dir: str | Path) -> pd.DataFrame:
         final = folder.read_final() if state in (State.DONE, State.FAILED) else None
         if final is not None:
             row.update({k: v for k, v in final.items() if k in COLUMNS and k not in ("status", "dataset")})
+            if state == State.DONE and "best_top1" in final:
+                row["at_chance"] = at_chance(final["best_top1"], dataset_info(spec.data.dataset).num_classes)
         elif state == State.PARTIAL:
             row["epochs"] = len(folder.read_epochs())
         rows.append(row)
         # networks a run delivers besides its main one (e.g. OEC-KD's students) get rows of their own
         for key, member in ((final or {}).get("members") or {}).items():
-            rows.append({**row, "method": f"{spec.method}-{key}", "run_id": member_run_id(folder.run_id, key),
-                         **{k: v for k, v in member.items() if k in COLUMNS}, "role": "member"})
+            entry = {**row, "method": f"{spec.method}-{key}", "run_id": member_run_id(folder.run_id, key),
+                     **{k: v for k, v in member.items() if k in COLUMNS}, "role": "member"}
+            if "best_top1" in member:
+                entry["at_chance"] = at_chance(member["best_top1"], dataset_info(spec.data.dataset).num_classes)
+            rows.append(entry)
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -51,13 +60,28 @@ def training_curves(results_dir: str | Path, label: str) -> dict[str, list[list[
     return curves
 
 
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]*")
+
+
+def label_folder(results_dir: str | Path, label: str) -> Path:
+    """`results/<label>/`, for a label that is one plain folder name: a label read from a record (or given on
+    the command line) never leads outside the results folder."""
+    if not isinstance(label, str) or not _LABEL.fullmatch(label) or ".." in label:
+        raise ValueError(f"data label {label!r} is not a plain folder name")
+    return Path(results_dir) / label
+
+
 def write_summaries(results_dir: str | Path) -> dict[str, Path]:
     """`results/<data>/summary.csv` and `measurements.csv`, rebuilt from the run folders."""
     df = run_rows(results_dir)
     meas = measurement_rows(results_dir)
     written = {}
     for label, part in df.groupby("dataset", sort=True):
-        out = Path(results_dir) / label / "summary.csv"
+        try:
+            out = label_folder(results_dir, label) / "summary.csv"
+        except ValueError as e:
+            print(f"skipped: {len(part)} run(s) ({', '.join(part.run_id)}): {e}", file=sys.stderr)
+            continue
         out.parent.mkdir(parents=True, exist_ok=True)
         part.sort_values(["method", "seed", "student"]).to_csv(out, index=False)
         if not meas.empty:

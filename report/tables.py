@@ -37,6 +37,8 @@ TABLE2_KEYS = ["teacher", "student", *ENSEMBLES]  # the rows of the paper's Tabl
 LEGEND = ("A cell without a number says why: failed = every run failed; running = started, none "
           "finished; missing = no run finished or started. “k failed” inside a cell counts runs left out "
           "of its mean.")
+CHANCE_NOTE = ("A number followed by “!” includes runs that finished at chance level (top-1 within 1.5× of "
+               "100/classes %): they learned nothing, and the cell says how many.")
 
 
 # --- cells ------------------------------------------------------------------------------------------
@@ -69,6 +71,9 @@ def stat_text(s: Stat, decimals: int = 2, unvalued: str = "no value") -> str:
         return status_text(s, unvalued)
     body = f"{s.mean:.{decimals}f}" + (f" ± {s.std:.{decimals}f}" if s.std is not None else "")
     extras = [f"n={s.n}"] + _others(s)
+    if s.chance:
+        body += "!"
+        extras.append(f"{s.chance} at chance level")
     if s.done > s.n:
         extras.append(f"{s.done - s.n} {unvalued}")
     return f"{body} ({', '.join(extras)})"
@@ -90,7 +95,7 @@ def _record(table: str, dataset: str, label: str | None, row: RowId, metric: str
             paper: float | None, d: float | None, **extra) -> dict:
     return {"table": table, "dataset": dataset, "label": label, "row": row[0], "arch": row[1],
             "name": agg.row_label(row), "metric": metric, **extra, "mean": s.mean, "std": s.std, "n": s.n,
-            "done": s.done, "failed": s.failed, "running": s.running, "not_started": s.new,
+            "done": s.done, "at_chance": s.chance, "failed": s.failed, "running": s.running, "not_started": s.new,
             "paper": paper, "diff": d}
 
 
@@ -195,7 +200,7 @@ def _accuracy_table(summary: pd.DataFrame, datasets: dict, select: str, name: st
         *data_sentences(datasets),
         *(["Rows naming a network in brackets used another network than the paper and get no Δ."]
           if any(not agg.comparable_with_paper(r) for r in rows) else []),
-        LEGEND])
+        LEGEND, *([CHANCE_NOTE] if any(st.chance for by_row in stats.values() for st in by_row.values()) else [])])
     return Table(name, title, caption, groups, panels, run_notes(runs, datasets), pd.DataFrame(records))
 
 

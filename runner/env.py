@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 
+from core.errors import UserError
 from data import EvalLoader, dataset_info, load_splits
 
 from .spec import DataSpec
@@ -32,6 +33,23 @@ class RunEnv:
     def fields(self) -> dict:
         """The settings as plain values, to rebuild this env in another process (the log function stays)."""
         return {k: v for k, v in vars(self).items() if k != "log"}
+
+
+def check_device(device: str) -> None:
+    """Refuse a device this machine does not have, before any run folder is written (a run on it would fail
+    for a reason that is not the run's)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {device!r} is not a device: use cpu, cuda or cuda:<index>") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: this machine has no usable CUDA GPU (torch {torch.__version__}, "
+                            "CUDA_VISIBLE_DEVICES, driver?); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) visible")
+    elif dev.type != "cpu":
+        raise UserError(f"--device {device}: kd-bench runs on cpu or cuda")
 
 
 def set_deterministic(on: bool) -> None:

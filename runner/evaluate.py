@@ -32,3 +32,12 @@ def evaluate(model, loader) -> dict[str, float]:
         return topk_accuracy(*predict_logits(model, loader))
     finally:
         model.train(was_training)
+
+
+CHANCE_FACTOR = 1.5
+
+
+def at_chance(top1: float, num_classes: int) -> bool:
+    """A finished run whose top-1 is within 1.5x of guessing (100/classes %) learned nothing: its number is
+    marked wherever it is shown, never presented as a plain result."""
+    return top1 <= CHANCE_FACTOR * 100.0 / num_classes

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 import traceback
 
-from core.errors import Diverged, UserError
+from core.errors import Diverged, UserError, environment_problem
 
 from .claims import Claim, ClaimLost, read_claim
 from .claims import describe as describe_claim
@@ -58,22 +58,47 @@ def execute(spec: RunSpec, env: RunEnv, info: dict | None = None, retries: int =
                 env.log(f"[{spec.run_id}] stopped: {e}")
                 return {"status": "busy", "run_id": spec.run_id, "holder": read_claim(folder.path)}
             except (Diverged, Exception) as e:
+                machine = environment_problem(e)
+                if machine is not None:
+                    return _environment_failure(spec, folder, note, machine, e)
                 reason = str(e) if isinstance(e, Diverged) else f"{type(e).__name__}: {e}"
                 retryable = not isinstance(e, Diverged)
                 if not folder.path.exists():
                     return {"status": "failed", "run_id": spec.run_id, "error": reason}
-                note(f"FAILED: {reason}")
-                if retryable:
-                    with open(folder.log, "a") as f:
-                        f.write(traceback.format_exc())
-                failures = folder.read_failures() + [{"error": reason, "retryable": retryable,
-                                                      "time": time.strftime("%Y-%m-%dT%H:%M:%S")}]
-                write_json_checked(folder.failures, {"failures": failures})
-                record = {"status": "failed", "run_id": spec.run_id, "error": reason, "failures": len(failures),
-                          "retryable": retryable, "kind": spec.kind, "method": spec.method, "dataset": spec.data.label,
-                          "seed": spec.seed, "student": spec.student}
-                write_json_checked(folder.final, record)
-                if not retryable or len(failures) > retries:
+                try:
+                    record = _record_failure(spec, folder, note, reason, retryable)
+                except OSError as write_error:  # e.g. the disk filled up: the failure cannot even be written
+                    return _environment_failure(spec, folder, note, environment_problem(write_error) or
+                                                f"cannot write to {folder.path}", write_error)
+                if not retryable or record["failures"] > retries:
                     return record
     finally:
         claim.release()
+
+
+def _record_failure(spec: RunSpec, folder: RunFolder, note, reason: str, retryable: bool) -> dict:
+    """FAILED in final.json, and the failure appended to failures.json (kept across retries)."""
+    note(f"FAILED: {reason}")
+    if retryable:
+        with open(folder.log, "a") as f:
+            f.write(traceback.format_exc())
+    failures = folder.read_failures() + [{"error": reason, "retryable": retryable,
+                                          "time": time.strftime("%Y-%m-%dT%H:%M:%S")}]
+    write_json_checked(folder.failures, {"failures": failures})
+    record = {"status": "failed", "run_id": spec.run_id, "error": reason, "failures": len(failures),
+              "retryable": retryable, "kind": spec.kind, "method": spec.method, "dataset": spec.data.label,
+              "seed": spec.seed, "student": spec.student}
+    write_json_checked(folder.final, record)
+    return record
+
+
+def _environment_failure(spec: RunSpec, folder: RunFolder, note, problem: str, exc: BaseException) -> dict:
+    """The machine failed: say so, record nothing as a result, spend no retry; the folder stays resumable."""
+    message = (f"stopped by the machine ({problem}: {type(exc).__name__}: {exc}); nothing is recorded as a "
+               "result and the run resumes from its last checkpoint when started again")
+    try:
+        note(message)
+    except OSError:
+        pass  # the log is on the same full disk: the launcher still reports the message
+    return {"status": "environment", "run_id": spec.run_id, "error": message, "kind": spec.kind,
+            "method": spec.method}

@@ -293,3 +293,18 @@ def test_plot_points(summary, measurements):
     pts, _ = plots.accuracy_points(summary, C10, "params")
     assert pts.set_index("name").loc["Ens-all", "x"] == pytest.approx(0.817422)
     assert set(pts["kind"]) == {"teacher", "student", "method", "ensemble", "other"}
+
+
+def test_runs_at_chance_level_are_marked_in_their_cells(summary):
+    """A finished run whose top-1 is at chance level is never shown as a plain number: the cell carries "!" and
+    says how many of its runs learned nothing, and the caption explains the mark."""
+    marked = summary.copy()
+    at = marked.index[(marked["dataset"] == "cifar10") & (marked["method"] == "at") & (marked["status"] == "DONE")]
+    assert len(at) >= 1
+    marked.loc[at[0], ["best_top1", "at_chance"]] = [11.0, True]
+    table = tables.table1(marked, DATASETS, "best")
+    text = to_markdown(table)
+    assert "1 at chance level" in md_row(text, "AT")[0] and "!" in md_row(text, "AT")[0]
+    assert "at chance level" in table.caption
+    plain = to_markdown(tables.table1(summary, DATASETS, "best"))
+    assert "at chance level" not in plain

@@ -35,6 +35,8 @@ PROFILE_KEYS = {
     "python": (str, "command that starts python on the nodes (default: this interpreter)"),
     "sbatch": (dict, "any other sbatch options, e.g. {mail-type: FAIL, reservation: kd}"),
 }
+MINIMA = {"timeout_min": 1, "gpus_per_run": 0, "cpus_per_run": 1, "mem_gb": 0.001, "array_parallelism": 1,
+          "signal_delay_s": 0, "max_requeues": 0}
 DEFAULTS = {"timeout_min": 240, "cpus_per_run": 1, "array_parallelism": 64, "signal_delay_s": 120,
             "max_requeues": 20}
 # states in which a job may still run the run: it must not be submitted again meanwhile
@@ -70,7 +72,10 @@ def load_profile(name: str | None, overrides: dict | None = None) -> dict:
         if value is None:
             profile.pop(key, None)
             continue
+        low = MINIMA.get(key)
         try:
+            if isinstance(value, bool) and kind is not bool:
+                raise ValueError("a yes/no value where a number or text is expected")
             if kind is list:
                 value = [str(v) for v in (value if isinstance(value, list) else [value])]
             elif kind is dict:
@@ -78,8 +83,10 @@ def load_profile(name: str | None, overrides: dict | None = None) -> dict:
                     raise ValueError("expected a mapping")
             else:
                 value = kind(value)
+            if low is not None and value < low:
+                raise ValueError(f"must be at least {low}")
         except (TypeError, ValueError) as e:
-            raise UserError(f"cluster profile setting {key}={value!r}: expected {kind.__name__} ({e})")
+            raise UserError(f"cluster profile setting {key}={value!r}: expected {kind.__name__} ({e})") from None
         profile[key] = value
     profile["name"] = Path(path.name).stem
     return profile
@@ -90,9 +97,14 @@ def parse_set(items: list[str] | None) -> dict:
     out = {}
     for item in items or []:
         key, sep, value = item.partition("=")
-        if not sep:
+        if not sep or not key.strip():
             raise UserError(f"--slurm-set expects KEY=VALUE, got {item!r}")
-        out[key.strip().replace("-", "_")] = yaml.safe_load(value)
+        try:
+            out[key.strip().replace("-", "_")] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            problem = str(e).splitlines()[0]
+            raise UserError(f"--slurm-set {item!r}: the value is not valid YAML ({problem}); quote it, e.g. "
+                            f"--slurm-set {key.strip()}='\"{value}\"'") from None
     return out
 
 
