@@ -51,7 +51,8 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def save_checked(obj, path: Path) -> None:
-    """torch.save `obj` with a header holding the sha256 of the payload."""
+    """torch.save `obj` with a header holding the sha256 of the payload. `obj` must hold only tensors and plain
+    types (dict, list, tuple, str, int, float, bool, None): `load_checked` reads nothing else."""
     buf = io.BytesIO()
     torch.save(obj, buf)
     payload = buf.getvalue()
@@ -65,7 +66,25 @@ def load_checked(path: Path, map_location="cpu"):
     digest, payload = raw[8:40], raw[40:]
     if hashlib.sha256(payload).digest() != digest:
         raise CorruptFile(f"{path}: checksum mismatch (truncated or damaged)")
-    return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=False)
+    # A results folder may be shared or copied from elsewhere, and a forged file can carry a recomputed checksum:
+    # the payload is read with the weights-only unpickler, which rebuilds tensors and plain containers and refuses
+    # any other global, so whatever the file holds, reading it executes nothing. Checkpoints hold only such types.
+    try:
+        return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+    except Exception as e:  # refused by the safe unpickler, or not a torch file at all
+        raise CorruptFile(f"{path}: content refused ({describe_error(e)})") from None
+
+
+def describe_error(e: BaseException, limit: int = 200) -> str:
+    """One line saying why torch.load failed (its weights-only refusals span many lines of advice)."""
+    text = str(e)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text[text.index(marker) + len(marker):].split(". ")[0].split("\n")[0]
+    else:
+        text = f"{type(e).__name__}: {text}"
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def write_json_checked(path: Path, obj: dict) -> None:
@@ -119,9 +138,10 @@ class _Fault:
                 return
         if self.action == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
-        elif self.action == "pause":
+        elif self.action == "pause":  # for up to 5 minutes, or until a test creates `<marker>.release`
             deadline = time.monotonic() + 300
-            while time.monotonic() < deadline:  # signal handlers (e.g. submitit's) run during the sleeps
+            release = self.marker.with_name(self.marker.name + ".release")
+            while time.monotonic() < deadline and not release.exists():  # signal handlers run during the sleeps
                 time.sleep(0.1)
         else:
             raise OSError(f"injected fault writing {self.path} ({FAULT_ENV})")
