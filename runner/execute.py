@@ -66,6 +66,8 @@ def execute(spec: RunSpec, env: RunEnv, info: dict | None = None, retries: int =
                 if not folder.path.exists():
                     return {"status": "failed", "run_id": spec.run_id, "error": reason}
                 try:
+                    if not folder.spec_json.exists():  # failed before its kind recorded the spec: record it, so
+                        folder.write_spec(spec, info or {})  # that status and collect show the failure
                     record = _record_failure(spec, folder, note, reason, retryable)
                 except OSError as write_error:  # e.g. the disk filled up: the failure cannot even be written
                     return _environment_failure(spec, folder, note, environment_problem(write_error) or

@@ -14,6 +14,7 @@ import yaml
 
 from core.errors import UserError
 from data import dataset_info
+from data.fingerprint import data_fingerprint
 from methods import default_methods, get_method
 from methods.ensembles import PAPER_ENSEMBLES, VOTING, ensemble_name
 from models import MODELS
@@ -25,6 +26,47 @@ from .spec import DataSpec, Protocol, RunSpec
 def load_presets() -> dict:
     """The built-in protocol presets (configs/presets.yaml, package data: found from a checkout or a wheel)."""
     return yaml.safe_load(resources.files("configs").joinpath("presets.yaml").read_text())
+
+
+PRESET_KEYS = {"teacher": "teacher architecture", "student": "student architecture",
+               "data": "data source and subset sizes", "protocol": "training settings (runner.spec.Protocol)",
+               "teacher_protocol": "training settings of the teacher that differ from `protocol`"}
+# each protocol setting: its type and the values it may take
+PROTOCOL_RULES = {"epochs": (int, lambda v: v >= 1, "at least 1"), "batch_size": (int, lambda v: v >= 2, "at least 2"),
+                  "lr": (float, lambda v: v > 0, "positive"), "momentum": (float, lambda v: 0 <= v < 1, "in [0, 1)"),
+                  "nesterov": (bool, lambda v: True, ""), "weight_decay": (float, lambda v: v >= 0, "0 or more"),
+                  "padding": (int, lambda v: 0 <= v <= 16, "in 0..16"),
+                  "pad_mode": (str, lambda v: v in ("zeros", "reflect"), "zeros or reflect"),
+                  "flip": (bool, lambda v: True, "")}
+
+
+def check_preset(name: str, preset) -> None:
+    if not isinstance(preset, dict) or not isinstance(preset.get("protocol"), dict):
+        raise UserError(f"preset {name!r} must be a mapping with a `protocol` mapping (see configs/presets.yaml)")
+    unknown = set(preset) - set(PRESET_KEYS)
+    if unknown:
+        raise UserError(f"preset {name!r}: unknown key(s) {sorted(unknown)}; known: " +
+                        ", ".join(f"{k} ({m})" for k, m in PRESET_KEYS.items()))
+
+
+def checked_protocol(settings: dict, where: str) -> Protocol:
+    """A `Protocol` from preset settings, each of the right type and in its range, or a UserError naming it.
+    (A batch size of 1 cannot train BatchNorm; a float where an int is expected is refused, not truncated.)"""
+    unknown = set(settings) - set(PROTOCOL_RULES)
+    if unknown:
+        raise UserError(f"{where}: unknown protocol setting(s) {sorted(unknown)}; known: {', '.join(PROTOCOL_RULES)}")
+    missing = set(PROTOCOL_RULES) - set(settings)
+    if missing:
+        raise UserError(f"{where}: protocol setting(s) {sorted(missing)} missing")
+    values = {}
+    for key, value in settings.items():
+        kind, ok, rule = PROTOCOL_RULES[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)) or not ok(value):
+            raise UserError(f"{where}: {key}={value!r} must be {kind.__name__}" + (f", {rule}" if rule else ""))
+        values[key] = value
+    return Protocol(**values)
 
 
 @dataclass
@@ -55,6 +97,8 @@ class PlanRequest:
     pad_mode: str | None = None
     ensembles: list[tuple[str, ...]] | None = None  # extra member combinations (besides the paper's four)
     voting: str = "logits"
+    data_dir: str | None = None  # where the data on disk is (None: ./datasets); read to fingerprint it
+    download: bool = False
 
 
 def _check_model(name: str, role: str) -> None:
@@ -63,7 +107,9 @@ def _check_model(name: str, role: str) -> None:
 
 
 def data_spec(req: PlanRequest) -> DataSpec:
-    """The data a request trains on: the preset's, with the command line's overrides."""
+    """The data a request trains on: the preset's, with the command line's overrides, and its fingerprint
+    (data/fingerprint.py: read from the cache, or the data is read, checked and hashed). Missing or bad data
+    and subset sizes outside 1..N are refused here, before anything runs."""
     presets = load_presets()
     if req.preset not in presets:
         raise UserError(f"unknown preset {req.preset!r}; choose one of {', '.join(presets)}")
@@ -72,7 +118,11 @@ def data_spec(req: PlanRequest) -> DataSpec:
         data_kw["source"] = "synthetic" if req.synthetic else "disk"
     for key in ("train_size", "test_size"):
         if getattr(req, key) is not None:
-            data_kw[key] = getattr(req, key) or None
+            data_kw[key] = getattr(req, key)
+    dataset_info(req.dataset)
+    ident = data_fingerprint(req.dataset, data_kw.get("source", "disk"), req.data_dir, req.download,
+                             data_kw.get("train_size"), data_kw.get("test_size"))
+    data_kw.update(train_size=ident.train_size, test_size=ident.test_size, fingerprint=ident.fingerprint)
     return DataSpec(dataset=req.dataset, **data_kw)
 
 
@@ -85,17 +135,19 @@ def plan(req: PlanRequest) -> list[list[PlannedRun]]:
     preset = presets[req.preset]
     info_ds = dataset_info(req.dataset)
     data = data_spec(req)
-    protocol = Protocol(**preset["protocol"])
+    check_preset(req.preset, preset)
+    settings = dict(preset["protocol"])
     if req.epochs is not None:
         if req.epochs < 1:
             raise UserError("--epochs must be at least 1")
-        protocol = dataclasses.replace(protocol, epochs=req.epochs)
+        settings["epochs"] = req.epochs
     if req.pad_mode is not None:
-        protocol = dataclasses.replace(protocol, pad_mode=req.pad_mode)
+        settings["pad_mode"] = req.pad_mode
+    protocol = checked_protocol(settings, f"preset {req.preset!r}")
     teacher_overrides = dict(preset.get("teacher_protocol", {}))
     if req.epochs is not None:
         teacher_overrides.pop("epochs", None)
-    teacher_protocol = dataclasses.replace(protocol, **teacher_overrides)
+    teacher_protocol = checked_protocol({**settings, **teacher_overrides}, f"preset {req.preset!r} teacher_protocol")
     student = req.student or preset["student"]
     teacher_arch = req.teacher or preset["teacher"]
     _check_model(student, "student")
