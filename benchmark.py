@@ -126,7 +126,8 @@ def plan_request(args):
                        seeds=args.seeds, epochs=args.epochs, teacher_checkpoint=args.teacher_checkpoint,
                        teacher=args.teacher, student=args.student, synthetic=args.synthetic,
                        train_size=args.train_size, test_size=args.test_size, pad_mode=args.pad_mode,
-                       ensembles=[tuple(c) for c in args.ensemble], voting=args.voting)
+                       ensembles=[tuple(c) for c in args.ensemble], voting=args.voting,
+                       data_dir=args.data_dir, download=args.download)
 
 
 def cmd_list(args) -> int:
@@ -217,14 +218,28 @@ def cmd_collect(args) -> int:
 
 def _labels(args) -> dict:
     """Which results/<label> folders feed the CIFAR-10 and CIFAR-100 columns of the tables: by default the data
-    the other flags (preset, sizes, --synthetic) would train on."""
+    the other flags (preset, sizes, --synthetic, --data-dir) would train on, fingerprint included. The dataset
+    of --dataset must be readable; the other one, when its data is absent or refused, gets no column (a note
+    says why; --cifar10-label/--cifar100-label name a folder instead)."""
+    from core.errors import UserError
     from runner.plan import PlanRequest, data_spec
 
     def label(dataset):
-        return data_spec(PlanRequest(dataset=dataset, preset=args.preset, synthetic=args.synthetic,
-                                     train_size=args.train_size, test_size=args.test_size)).label
+        given = getattr(args, f"{dataset}_label")
+        if given:
+            return given
+        try:
+            return data_spec(PlanRequest(dataset=dataset, preset=args.preset, synthetic=args.synthetic,
+                                         train_size=args.train_size, test_size=args.test_size,
+                                         data_dir=args.data_dir,
+                                         download=args.download and dataset == args.dataset)).label
+        except UserError as e:
+            if dataset == args.dataset:
+                raise
+            print(f"note: no {dataset} column in the tables: {e}", file=sys.stderr)
+            return None
 
-    return {"cifar10": args.cifar10_label or label("cifar10"), "cifar100": args.cifar100_label or label("cifar100")}
+    return {"cifar10": label("cifar10"), "cifar100": label("cifar100")}
 
 
 def cmd_table(args) -> int:

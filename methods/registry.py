@@ -38,6 +38,10 @@ REGISTRY: dict[str, str | type] = {
     "afd": "methods.afd:AFD",
     "crd": "methods.crd:CRD",
     "dml": "methods.dml:DML",
+    "dkd": "methods.dkd:DKD",
+    "dist": "methods.dist:DIST",
+    "lskd": "methods.lskd:LSKD",
+    "reviewkd": "methods.reviewkd:ReviewKD",
     # other systems of the project: run when named (`--methods oeckd,ekd,kdfm`), not by `--all`
     "oeckd": "methods.oeckd:OECKD",
     "ekd": "methods.ekd:EKD",
@@ -48,7 +52,10 @@ REGISTRY: dict[str, str | type] = {
 # Not part of `--all`: `--all` reproduces the paper's Table 1, and these train other networks than its ResNet-20
 # student (multi-branch students, extra teachers), so they would change what a whole-table sweep costs and means.
 # A list, changed in place by `register`/`unregister` (other modules hold a reference to it).
-ON_REQUEST: list[str] = ["oeckd", "ekd", "kdfm"]
+ON_REQUEST: list[str] = ["oeckd", "ekd", "kdfm", "dkd", "dist", "lskd", "reviewkd"]
+
+# Named sets of on-request methods, run together when named (the CLI's `--methods <set>`); not part of `--all`.
+SETS: dict[str, tuple[str, ...]] = {"modern": ("dkd", "dist", "lskd", "reviewkd")}
 
 # a method key is one word: `-` separates an ensemble's members ("ens-at-logits") and a run's extra networks
 # ("oeckd-s1") in the tables' row keys

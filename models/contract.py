@@ -18,22 +18,45 @@ A model (`Model`)
   `build_model(arch, num_classes)` (that is how `load_teacher` reads a finished run).
 
 A single-head model (`SingleHeadModel`): every plain network (ResNets of both shortcut options, the OEC-KD
-width-scaled ResNets and DenseNets, DenseNets, MobileNet, CNN4). Its features are exactly `FEATURES`:
+width-scaled ResNets and DenseNets, DenseNets, MobileNet, CNN4, the CRD networks below). Its features are exactly
+`FEATURES`:
 
-  `stem_pre`, `stem`            the stem's output before / after its activation. DenseNets have no activation
-                                in the stem (the first BN-ReLU belongs to the first dense layer), so there
-                                `stem` *is* `stem_pre`; everywhere else `stem == relu(stem_pre)`;
+  `stem_pre`, `stem`            the stem's output before / after its activation. DenseNets and the
+                                pre-activation WRNs have no activation in the stem (the first BN-ReLU belongs
+                                to the first layer), so there `stem` *is* `stem_pre`; everywhere else
+                                `stem == relu(stem_pre)`;
   `stage1_pre`..`stage3_pre`    the output of each of the three stages before its last ReLU (ResNets: last
-                                block before the ReLU; DenseNets: transition / final BN; MobileNet, CNN4: BN);
-  `stage1`..`stage3`            the same after that ReLU, `stage<i> == relu(stage<i>_pre)`, 4-D maps; `stage1`
-                                at the input resolution (32x32), `stage2` at half (16x16), `stage3` the last map
-                                before pooling (8x8; MobileNet 2x2);
+                                block before the ReLU; DenseNets: transition / final BN; MobileNet, CNN4: BN;
+                                WRNs: the BN that follows the stage);
+  `stage1`..`stage3`            the same after that ReLU, `stage<i> == relu(stage<i>_pre)`, 4-D maps whose grids
+                                shrink or stay from stage1 to stage3: usually `stage1` at the input resolution
+                                (32x32), `stage2` at half (16x16), `stage3` the last map before pooling (8x8;
+                                MobileNet 2x2; VGG, ResNet-50, ShuffleNets 4x4; MobileNetV2 16, 8, 2);
   `pool`                        (B, C) = the global average of `stage3`, the classifier's input.
 
   and its classifier is the attribute `linear`, an `nn.Linear(C, num_classes)` with `logits == linear(pool)`:
   `load_teacher` reads the number of classes of a checkpoint from `linear.weight`, the fused ensemble stacks
   the members' `linear`, KDFM shares the teacher's `linear` (on the global average of its `stage3`) and folds
   its adapter into the student's `linear`.
+
+The CIFAR networks of the CRD benchmark (Tian, Krishnan & Isola, ICLR 2020; HobbitLong/RepDistiller `models/`)
+map onto these names as follows (f0, f1, ... = RepDistiller's `is_feat=True` feature list, `_pre` = its
+`preact=True` list; details in each model file). Where a body has other than three stages: `stage1` = the last
+32x32 map, `stage2` = the last 16x16 map, `stage3` = the map the pooling reads;
+RepDistiller maps between those are inside the network but are not features:
+  `resnet20/32/56/110`          RepDistiller's resnets are these option-B ResNets: stem f0, stage<i> f<i>;
+  `resnet32x4`, `resnet8x4`     (models/resnet_x4.py) likewise: stem f0 (32 ch), stage1..3 f1..f3 (64, 128, 256);
+  `wrn_40_2/16_2/40_1`          (models/wrn.py) stem = stem_pre = f0 (the stem conv); stage<i>_pre = BN(f<i>), the
+                                BN after stage i (its preact f<i>); stage<i> its ReLU; 16k, 32k, 64k channels;
+  `vgg13`, `vgg8`               (models/vgg.py) stem = block 0's first conv-BN(-ReLU); stage1 f0 (block 0, 64),
+                                stage2 f1 (block 1, 128), stage3 f4 (block 4, 512 x 4 x 4); f2, f3 not features;
+  `resnet50`                    (models/resnet_bottleneck.py) stem f0 (64); stage1 f1 (layer1, 256), stage2 f2
+                                (layer2, 512), stage3 f4 (layer4, 2048 x 4 x 4); f3 (layer3) not a feature;
+  `shufflev1`, `shufflev2`      (models/shufflenet.py) stem f0 (24 x 32 x 32), the only 32x32 map, so stage1 is
+                                the stem (same tensors); stage2 f1 (240 / 116 x 16 x 16); stage3 v1 f3 (960 x 4 x
+                                4), v2 the head conv 464 -> 1024 after f3 (1024 x 4 x 4); f2 not a feature;
+  `mobilenetv2` (`mobile_half`) (models/mobilenetv2.py) its stem has stride 2, so no map is at 32x32: stage1
+                                f1 (12 x 16 x 16), stage2 f2 (16 x 8 x 8), stage3 the 1x1 head conv (1280 x 2 x 2).
 
 A multi-branch model (`MultiBranchModel`: OEC-KD's `oeckd_*`, EKD's `ekd<n>_*`): a shared stem and parallel
 branches whose logits are averaged. It has no `linear` of its own; instead
@@ -167,9 +190,9 @@ def _check_features(feats, names, batch: int, size: int, where: str, problems: l
     if not any((feats[f"{s}_pre"] < 0).any() for s in STAGES):
         problems.append(f"{where}: no stage<i>_pre holds a negative value: did an in-place ReLU overwrite them?")
     h1, h2, h3 = (feats[s].shape[-1] for s in STAGES)
-    if (h1, h2) != (size, size // 2) or h3 > h2:
-        problems.append(f"{where}: stage grids {h1}, {h2}, {h3} for a {size}x{size} input; expected {size}, "
-                        f"{size // 2} and at most {size // 2}")
+    if not size >= h1 >= h2 >= h3:
+        problems.append(f"{where}: stage grids {h1}, {h2}, {h3} for a {size}x{size} input; expected them to "
+                        f"shrink or stay, from at most {size}")
     if not _close(feats["pool"], feats["stage3"].mean((2, 3))):
         problems.append(f"{where}: pool is not the global average of stage3")
 

@@ -58,3 +58,13 @@ from . import branches as _branches, cnn4 as _cnn4, densenet as _densenet, mobil
 for _module in (_densenet, _mobilenet, _cnn4, _branches):
     for _name, _builder in _module.BUILDERS.items():
         register(_name, _builder)
+
+# the CIFAR networks of the CRD benchmark (Tian et al., ICLR 2020; RepDistiller): its resnet20/32/56/110 are the
+# option-B `resnet<depth>` above
+from . import resnet_bottleneck as _resnet_bottleneck, resnet_x4 as _resnet_x4, shufflenet as _shufflenet  # noqa: E402
+from . import mobilenetv2 as _mobilenetv2, vgg as _vgg, wrn as _wrn  # noqa: E402
+
+for _module in (_wrn, _resnet_x4, _vgg, _shufflenet, _resnet_bottleneck):
+    for _name, _builder in _module.BUILDERS.items():
+        register(_name, _builder)
+register("mobilenetv2", _mobilenetv2.mobilenetv2)

@@ -9,8 +9,8 @@ Choices a reader of the tables needs (they are repeated in the captions):
 - runs that failed, are still running or never started are counted in the cell, and a row without any DONE
   run says why ("failed", "running", "missing") instead of disappearing;
 - Δ = ours − paper, computed from the printed (rounded) mean so the three columns agree; only on the real
-  test sets ("cifar10"/"cifar100") and the paper's networks — on synthetic or subset data the paper's
-  column is still printed but Δ is "–";
+  test sets ("cifar10"/"cifar100", with their data fingerprint) and the paper's networks — on synthetic or
+  subset data the paper's column is still printed but Δ is "–";
 - `select="best"` uses each run's best epoch on the test split (the paper's "highest top-k accuracy for our
   validation dataset for each run"), `select="last"` its last epoch.
 """
@@ -102,8 +102,9 @@ def _record(table: str, dataset: str, label: str | None, row: RowId, metric: str
 # --- data selection and caption pieces --------------------------------------------------------------
 
 def is_real(key: str, label: str | None) -> bool:
-    """Only the full real test sets are the paper's; synthetic or subset labels carry a suffix."""
-    return label == key
+    """Only the full real test sets are the paper's; synthetic or subset labels carry a suffix. A label ends in
+    its data's fingerprint (`cifar10-<16 hex>`, runner/spec.py DataSpec.label)."""
+    return label is not None and re.fullmatch(rf"{re.escape(key)}(-[0-9a-f]{{16}})?", label) is not None
 
 
 def _check(datasets: dict, select: str | None = None) -> None:
@@ -130,6 +131,8 @@ def data_sentences(datasets: dict, what: str = "Δ", but: str = "") -> list[str]
             out.append(f"The {name} columns come from “{label}”, not the real {name} test set: the data "
                        f"differ, so the paper's numbers are shown for reference and {what} is not computed "
                        f"(–){but}.")
+        elif label != key:  # the full data set, named by its fingerprint
+            out.append(f"The {name} columns come from “{label}” (data fingerprint {label[len(key) + 1:]}).")
     return out
 
 

@@ -12,7 +12,8 @@ from typing import Callable
 import torch
 
 from core.errors import UserError
-from data import EvalLoader, dataset_info, load_splits
+from data import EvalLoader, dataset_info
+from data.fingerprint import load_verified
 
 from .spec import DataSpec
 
@@ -62,7 +63,10 @@ def set_deterministic(on: bool) -> None:
 
 @lru_cache(maxsize=4)
 def cached_splits(data: DataSpec, data_dir: str | None, download: bool):
-    return load_splits(data.dataset, data.source, data_dir, download, data.train_size, data.test_size)
+    """The splits a run trains and tests on, proven to be the data it was planned on (their fingerprint is
+    computed from the arrays read, here, on this machine), or a UserError."""
+    return load_verified(data.dataset, data.source, data_dir, download, data.train_size, data.test_size,
+                         data.fingerprint)
 
 
 def test_loader(data: DataSpec, env: RunEnv) -> EvalLoader:

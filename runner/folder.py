@@ -16,9 +16,10 @@ from core.errors import UserError
 from .spec import RunSpec
 from .store import CorruptFile, read_json_checked, write_atomic
 
-# Version of the run-folder layout, recorded in every spec.json. 2: run kinds explicit in the spec (run ids
-# changed). A folder of another version is reported and skipped, never read as if it were of this one.
-FORMAT_VERSION = 2
+# Version of the run-folder layout, recorded in every spec.json. 2: run kinds explicit in the spec; 3: the data's
+# fingerprint in the spec (run ids changed both times). A folder of another version is reported and skipped,
+# never read as if it were of this one.
+FORMAT_VERSION = 3
 
 
 class UnreadableFolder(Exception):

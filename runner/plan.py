@@ -5,7 +5,6 @@ planning twice gives the same run ids and a second `--all` launches nothing that
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -134,7 +133,6 @@ def plan(req: PlanRequest) -> list[list[PlannedRun]]:
         raise UserError(f"unknown preset {req.preset!r}; choose one of {', '.join(presets)}")
     preset = presets[req.preset]
     info_ds = dataset_info(req.dataset)
-    data = data_spec(req)
     check_preset(req.preset, preset)
     settings = dict(preset["protocol"])
     if req.epochs is not None:
@@ -153,6 +151,9 @@ def plan(req: PlanRequest) -> list[list[PlannedRun]]:
     _check_model(student, "student")
     methods = default_methods() if req.methods is None else req.methods
     classes = [get_method(m) for m in methods]  # raises on an unknown name before anything runs
+    if not req.teacher_checkpoint:
+        _check_model(teacher_arch, "teacher")
+    data = data_spec(req)  # after the names: a typo is reported before data is read or fingerprinted
 
     published = None
     if req.teacher_checkpoint:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 
 
@@ -30,14 +31,23 @@ class DataSpec:
     source: str = "disk"       # disk (official layout or array files) | synthetic
     train_size: int | None = None  # a fixed subset of the training split (None = all)
     test_size: int | None = None
+    # what the data is (data/fingerprint.py): a hash of the arrays of the data folder (or of the generated data)
+    # with the subset sizes and rule, 16 hex digits. Two folders of one shape never share a run id or a summary.
+    # The planner always sets it; "" only in hand-made specs (tests).
+    fingerprint: str = ""
+
+    def __post_init__(self):
+        if self.fingerprint and not re.fullmatch(r"[0-9a-f]{16}", self.fingerprint):
+            raise ValueError(f"data fingerprint must be 16 hex digits, got {self.fingerprint!r}")
 
     @property
     def label(self) -> str:
-        """Folder name for summaries: results of different data never mix."""
+        """Folder name for summaries and the tables' name of the data: results of different data never mix.
+        `cifar10-<fingerprint>`, `cifar10-synthetic-n1024-512-<fingerprint>`."""
         label = self.dataset + ("-synthetic" if self.source == "synthetic" else "")
-        if self.train_size or self.test_size:
+        if self.train_size is not None or self.test_size is not None:
             label += f"-n{self.train_size or 'all'}-{self.test_size or 'all'}"
-        return label
+        return label + (f"-{self.fingerprint}" if self.fingerprint else "")
 
 
 # What a run does with its spec (runner/kinds.py maps each to the module that executes and measures it):

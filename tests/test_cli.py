@@ -14,6 +14,8 @@ from report.paper import METHOD_NAMES
 from runner.plan import plan
 
 TINY = ["--preset", "smoke", "--teacher", "resnet8", "--epochs", "1", "--train-size", "128", "--test-size", "64"]
+# planning reads (and fingerprints) the data: the paper preset's tests plan on a little synthetic data
+SOME_DATA = ["--synthetic", "--train-size", "64", "--test-size", "32"]
 
 
 def cli(*args, results=None):
@@ -32,7 +34,7 @@ def test_list_names_every_registered_method(capsys):
 
 
 def planned(*args):
-    stages = plan(benchmark.plan_request(benchmark.build_parser().parse_args(list(args))))
+    stages = plan(benchmark.plan_request(benchmark.build_parser().parse_args([*args, *SOME_DATA])))
     return [(r.role, r.spec.method, r.spec.student) for stage in stages for r in stage]
 
 
@@ -78,10 +80,10 @@ def test_local_launcher_runs_students_in_worker_processes(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--methods", "nosuch"], "unknown method 'nosuch'"),
+    (["--methods", "nosuch", *SOME_DATA], "unknown method 'nosuch'"),
     (["--all", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
     (["--all", "--preset", "fast"], "unknown preset 'fast'"),
-    (["--all", "--student", "resnet21"], "unknown student model 'resnet21'"),
+    (["--all", "--student", "resnet21", *SOME_DATA], "unknown student model 'resnet21'"),
     (["--all", "--data-dir", "/nonexistent"], "--download"),
 ])
 def test_bad_input_exits_2_with_a_message(tmp_path, capsys, args, message):
@@ -92,7 +94,7 @@ def test_bad_input_exits_2_with_a_message(tmp_path, capsys, args, message):
 
 def test_teacher_for_other_classes_exits_2(tmp_path, capsys):
     ckpt = shared_path("weights", "akamaster_cifar10_resnet20-12fca82f.th")
-    code = cli("--all", "--dataset", "cifar100", "--teacher-checkpoint", str(ckpt), results=tmp_path)
+    code = cli("--all", "--dataset", "cifar100", "--teacher-checkpoint", str(ckpt), *SOME_DATA, results=tmp_path)
     assert code == 2
     assert "predicts 10 classes but the dataset has 100" in capsys.readouterr().err
 

@@ -28,7 +28,7 @@ def test_official_pickle_layout(tmp_path):
         x, y = _fake_split(20, seed=len(expected))
         expected.append((x, y))
         with open(folder / name, "wb") as f:
-            pickle.dump({b"data": x.transpose(0, 3, 1, 2).reshape(20, -1), b"labels": list(y)}, f)
+            pickle.dump({b"data": x.transpose(0, 3, 1, 2).reshape(20, -1), b"labels": y.tolist()}, f)
     train, test = load_splits("cifar10", "disk", str(tmp_path))
     assert len(train) == 100 and len(test) == 20
     assert np.array_equal(train.images[:20].numpy(), expected[0][0])
@@ -41,7 +41,7 @@ def test_cifar100_pickle_layout(tmp_path):
     for name in ("train", "test"):
         x, y = _fake_split(10, classes=100)
         with open(folder / name, "wb") as f:
-            pickle.dump({b"data": x.transpose(0, 3, 1, 2).reshape(10, -1), b"fine_labels": list(y)}, f)
+            pickle.dump({b"data": x.transpose(0, 3, 1, 2).reshape(10, -1), b"fine_labels": y.tolist()}, f)
     train, test = load_splits("cifar100", "disk", str(tmp_path))
     assert len(train) == len(test) == 10
 

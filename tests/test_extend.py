@@ -67,7 +67,7 @@ def test_a_registered_method_trains_and_gets_its_table_row(toy, tmp_path):
     table1 = (tmp_path / "tables" / "table1.md").read_text()
     rows = [line.strip("|").split("|") for line in table1.splitlines() if line.startswith("| ")]
     toy_row = next(r for r in rows if r[0].strip() == "Toy")
-    assert toy_row[1].strip().endswith("(n=1)"), toy_row  # a finished run's accuracy, not "missing"
+    assert "(n=1" in toy_row[1], toy_row  # a finished run's accuracy, not "missing" (on 64 images, maybe at chance)
     assert paper.display_name("toy") == "Toy" and paper.display_name("ens-toy-at") == "Ens-Toy-AT"
 
 

@@ -33,7 +33,10 @@ def one_thread():
 # the documented feature names, written out here independently of models/contract.py
 PLAIN = ("stem_pre", "stem", "stage1_pre", "stage1", "stage2_pre", "stage2", "stage3_pre", "stage3", "pool")
 BRANCH = PLAIN[2:]
-PLAIN_FAMILIES = r"resnet\d+(_a|_w\d+)?|densenet(_bc)?\d+(_w\d+)?|mobilenet|cnn4"
+# the CRD benchmark's networks (models/contract.py): resnet<d>x4, resnet50 (in resnet\d+), wrn_<d>_<k>, vgg<d>,
+# shufflev1/v2 are plain networks with the same feature names
+PLAIN_FAMILIES = (r"resnet\d+(_a|_w\d+|x4)?|densenet(_bc)?\d+(_w\d+)?|mobilenet(v2)?|cnn4"
+                  r"|wrn_\d+_\d+|vgg\d+|shufflev[12]")
 
 
 def family(name: str) -> tuple[str, int]:
