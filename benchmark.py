@@ -115,14 +115,27 @@ def slurm_profile(args) -> dict:
     return load_profile(args.cluster_profile, overrides)
 
 
+def expand_methods(names: list[str] | None) -> list[str] | None:
+    """`--methods` with named sets (`modern` = dkd,dist,lskd,reviewkd) replaced by their members, each once."""
+    from methods.registry import SETS
+
+    if names is None:
+        return None
+    return list(dict.fromkeys(m for name in names for m in SETS.get(name, (name,))))
+
+
 def plan_request(args):
+    from core.errors import UserError
     from runner.plan import PlanRequest
 
     if args.methods is None and not args.all:
-        raise SystemExit("say what to run: --all, or --methods a,b (see --list)")
-    if args.all and args.methods is not None:
-        print(f"--methods given: planning {','.join(args.methods)} instead of the paper's 20", file=sys.stderr)
-    return PlanRequest(dataset=args.dataset, preset=args.preset, methods=args.methods,
+        raise UserError("say what to run: --all (the paper's Table 1), or --methods a,b (see --list)")
+    if args.methods is not None and not args.methods:
+        raise UserError("--methods names no method: give a comma-separated list (see --list)")
+    methods = expand_methods(args.methods)
+    if args.all and methods is not None:
+        print(f"--methods given: planning {','.join(methods)} instead of the paper's 20", file=sys.stderr)
+    return PlanRequest(dataset=args.dataset, preset=args.preset, methods=methods,
                        seeds=args.seeds, epochs=args.epochs, teacher_checkpoint=args.teacher_checkpoint,
                        teacher=args.teacher, student=args.student, synthetic=args.synthetic,
                        train_size=args.train_size, test_size=args.test_size, pad_mode=args.pad_mode,
@@ -132,6 +145,7 @@ def plan_request(args):
 
 def cmd_list(args) -> int:
     from methods import ON_REQUEST, REGISTRY, get_method
+    from methods.registry import SETS
 
     rows = [(n, get_method(n)) for n in REGISTRY]
     width = max(len(n) for n, _ in rows) + 1
@@ -139,6 +153,8 @@ def cmd_list(args) -> int:
         print(f"{name + ('*' if name in ON_REQUEST else ''):<{width}}  {cls.kind:<9}  {cls.display_name}: "
               f"{cls.description}  [{cls.citation}]")
     print(f"* not part of --all: run when named, e.g. --methods {','.join(ON_REQUEST)}")
+    for name, members in SETS.items():
+        print(f"--methods {name} = {','.join(members)}")
     return 0
 
 

@@ -80,7 +80,7 @@ def describe_error(e: BaseException, limit: int = 200) -> str:
     text = str(e)
     marker = "WeightsUnpickler error:"
     if marker in text:
-        text = text[text.index(marker) + len(marker):].split(". ")[0].split("\n")[0]
+        text = text[text.index(marker) + len(marker):].strip().split("\n")[0].split(". ")[0]
     else:
         text = f"{type(e).__name__}: {text}"
     text = " ".join(text.split())

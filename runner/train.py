@@ -29,7 +29,7 @@ from .evaluate import evaluate
 from .folder import RunFolder
 from .measure import measure, save_measurement
 from .spec import RunSpec, member_run_id
-from .store import CorruptFile, load_checked, save_checked, write_atomic, write_json_checked
+from .store import CorruptFile, describe_error, load_checked, save_checked, write_atomic, write_json_checked
 
 
 
@@ -44,7 +44,16 @@ def teacher_path(spec: RunSpec, info: dict, results_dir: str) -> Path | None:
 
 
 def _rng_state(method) -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    """Every RNG state a resumed run needs, as tensors and plain types only (checkpoints are read by the
+    weights-only unpickler, see store.load_checked): python's `random` state tuple becomes a dict of ints and a
+    list, numpy's legacy state (a tuple holding an ndarray) a dict with its key as an int64 tensor."""
+    version, internal, gauss = random.getstate()
+    bit_generator, key, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
+    state = {"torch": torch.get_rng_state(),
+             "python": {"version": int(version), "internal": [int(v) for v in internal],
+                        "gauss": None if gauss is None else float(gauss)},
+             "numpy": {"bit_generator": str(bit_generator), "key": torch.from_numpy(key.astype(np.int64)),
+                       "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(cached_gaussian)}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     if method.ctx.generator is not None:
@@ -52,14 +61,115 @@ def _rng_state(method) -> dict:
     return state
 
 
-def _set_rng_state(method, state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def _byte_state(value, what: str) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor) or value.dtype != torch.uint8 or value.dim() != 1:
+        raise ValueError(f"rng state {what!r} is not a 1-d uint8 tensor")
+    return value.cpu()  # generators take CPU tensors, whatever the checkpoint was mapped to
+
+
+def _native_rng_state(method, state: dict) -> dict:
+    """The stored form of `_rng_state` in the forms the generators take; ValueError (or the generators' own
+    errors, when applied) if it is malformed. Nothing is applied here."""
+    if not isinstance(state, dict):
+        raise ValueError("rng state is not a dict")
+    py, npy = state["python"], state["numpy"]
+    internal, gauss = py["internal"], py["gauss"]
+    if type(py["version"]) is not int or not isinstance(internal, list) or len(internal) != 625 or \
+            not all(type(v) is int for v in internal) or not (gauss is None or type(gauss) is float):
+        raise ValueError("python rng state is malformed")
+    key = npy["key"]
+    if not isinstance(key, torch.Tensor) or key.dtype != torch.int64 or tuple(key.shape) != (624,) or \
+            not bool(((key >= 0) & (key < 2 ** 32)).all()) or not isinstance(npy["bit_generator"], str) or \
+            not all(type(npy[k]) is int for k in ("pos", "has_gauss")) or type(npy["gauss"]) is not float:
+        raise ValueError("numpy rng state is malformed")
+    native = {"torch": _byte_state(state["torch"], "torch"),
+              "python": (py["version"], tuple(internal), gauss),
+              "numpy": (npy["bit_generator"], key.cpu().numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                        npy["gauss"])}
+    if "cuda" in state:
+        if not isinstance(state["cuda"], list):
+            raise ValueError("cuda rng state is not a list")
+        native["cuda"] = [_byte_state(t, "cuda") for t in state["cuda"]]
+    if ("method" in state) != (method.ctx.generator is not None):
+        raise ValueError("rng state does not match the method's generator")
     if "method" in state:
-        method.ctx.generator.set_state(state["method"])
+        native["method"] = _byte_state(state["method"], "method")
+    return native
+
+
+def _set_rng_state(method, state: dict) -> None:
+    native = _native_rng_state(method, state)  # all checked and converted before anything is applied
+    torch.set_rng_state(native["torch"])
+    random.setstate(native["python"])
+    np.random.set_state(native["numpy"])
+    if "cuda" in native and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(native["cuda"])
+    if "method" in native:
+        method.ctx.generator.set_state(native["method"])
+
+
+def _global_rng():
+    """The process-wide generators' states, to undo a partly applied checkpoint."""
+    return (torch.get_rng_state(), random.getstate(), np.random.get_state(),
+            torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+
+def _set_global_rng(saved) -> None:
+    torch.set_rng_state(saved[0])
+    random.setstate(saved[1])
+    np.random.set_state(saved[2])
+    if saved[3] is not None:
+        torch.cuda.set_rng_state_all(saved[3])
+
+
+_NUMBER = (int, float)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, _NUMBER) and not isinstance(v, bool)
+
+
+def _check_topk(d, what: str) -> None:
+    if not isinstance(d, dict) or not all(_is_number(d.get(f"top{k}")) for k in range(1, 6)):
+        raise ValueError(f"{what} lacks top1..top5")
+
+
+def _check_rows(rows, epoch: int, member_keys: set) -> None:
+    """The checkpoint's epoch rows: one per epoch done, each with what the log, the summary and `_finish` read."""
+    if not isinstance(rows, list) or len(rows) != epoch:
+        raise ValueError(f"{len(rows) if isinstance(rows, list) else type(rows).__name__} rows for {epoch} epochs")
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict) or r.get("epoch") != i + 1 or not isinstance(r.get("stage"), str) or \
+                not _is_number(r.get("lr")) or not _is_number(r.get("train_time")) or \
+                not isinstance(r.get("losses"), dict) or not all(_is_number(v) for v in r["losses"].values()):
+            raise ValueError(f"row {i + 1} is malformed")
+        _check_topk(r.get("test"), f"row {i + 1}")
+        if member_keys:
+            members = r.get("members")
+            if not isinstance(members, dict) or not member_keys <= set(members):
+                raise ValueError(f"row {i + 1} lacks members {sorted(member_keys)}")
+            for key in member_keys:
+                _check_topk(members[key], f"row {i + 1} member {key}")
+        json.dumps(r)  # written to epochs.jsonl again
+
+
+def _group_settings(optimizer) -> list[dict]:
+    return [{k: v for k, v in g.items() if k not in ("params", "lr", "initial_lr")} for g in optimizer.param_groups]
+
+
+def _check_optimizer(optimizer, settings: list[dict], what: str) -> None:
+    """After `load_state_dict`: the settings are those of this run (`settings`, taken before) and every state
+    tensor of a parameter has its shape (torch checks neither until a step fails)."""
+    if _group_settings(optimizer) != settings:
+        raise ValueError(f"{what} settings differ from this run's")
+    for group in optimizer.param_groups:
+        if not _is_number(group.get("lr")):
+            raise ValueError(f"{what} learning rate is not a number")
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != p.shape:
+                    raise ValueError(f"{what} state {key!r} has shape {tuple(value.shape)}, its parameter "
+                                     f"{tuple(p.shape)}")
 
 
 def make_optimizer(params, protocol, stage):
@@ -149,20 +259,59 @@ class Run:
 
     # ---- the loop ------------------------------------------------------------------------------------------
     def _resume(self):
-        """(epochs done, rows, optimizer state) from a good checkpoint, or a fresh start."""
+        """(epochs done, rows, optimizer state) from a good checkpoint, or a fresh start.
+
+        The checkpoint is read without executing anything (store.load_checked) and checked before it is trusted:
+        one that is damaged, refused by the safe loader or does not fit this run (missing keys, wrong shapes or
+        types) is named in one line of the log, deleted, and the run starts over from freshly built networks."""
         if not self.folder.ckpt.exists():
             return 0, [], None
+        saved_rng = _global_rng()
         try:
             ckpt = load_checked(self.folder.ckpt, map_location=self.device)
-        except (CorruptFile, Exception) as e:  # a damaged checkpoint is never trusted: start over
-            self.log(f"checkpoint unusable ({e}); restarting the run from scratch")
-            self.folder.ckpt.unlink()
+            epoch, rows, opt_state = self._restore(ckpt)
+        except Exception as e:  # a damaged or unfitting checkpoint is never trusted: start over
+            reason = str(e) if isinstance(e, CorruptFile) else f"content does not fit this run: {describe_error(e)}"
+            self.log(f"checkpoint unusable ({reason}); restarting the run from scratch")
+            self.folder.ckpt.unlink(missing_ok=True)
+            self._build()  # a partly loaded checkpoint leaves no trace: fresh networks, method and generator
+            _set_global_rng(saved_rng)
             return 0, [], None
-        self.method.student.load_state_dict(ckpt["student"])
+        self.log(f"resumed after epoch {epoch}")
+        return epoch, rows, opt_state
+
+    def _restore(self, ckpt) -> tuple[int, list, dict]:
+        """Check a loaded checkpoint against this run and load it into the built one; raises if it does not fit
+        (the caller rebuilds, so a partial load does not matter)."""
+        if not isinstance(ckpt, dict):
+            raise ValueError(f"the payload is a {type(ckpt).__name__}, not a dict")
+        missing = {"epoch", "rows", "student", "method", "optimizer", "rng"} - set(ckpt)
+        if missing:
+            raise ValueError(f"missing {sorted(missing)}")
+        stages = self.method.stages(self.spec.protocol)
+        starts = np.cumsum([0] + [s.epochs for s in stages]).tolist()
+        epoch, rows, opt_state = ckpt["epoch"], ckpt["rows"], ckpt["optimizer"]
+        if type(epoch) is not int or not 1 <= epoch <= starts[-1]:
+            raise ValueError(f"epoch {epoch!r} is not within 1..{starts[-1]}")
+        _check_rows(rows, epoch, set(self.method.member_models()))
+        self.method.student.load_state_dict(ckpt["student"])  # strict: every key, every shape
+        own = {k: (v, _group_settings(v)) for k, v in vars(self.method).items()
+               if isinstance(v, torch.optim.Optimizer)}  # a method's own optimiser (KDFM's discriminator)
         self.method.load_state_dict(ckpt["method"])
+        for name, (opt, settings) in own.items():
+            _check_optimizer(opt, settings, f"method optimizer {name!r}")
+        if not isinstance(opt_state, dict):
+            raise ValueError("optimizer state is not a dict")
+        if epoch < starts[-1]:
+            si = max(i for i in range(len(stages)) if starts[i] <= epoch)
+            if epoch > starts[si]:  # the loop will load it into this stage's optimiser: try that now
+                stage = stages[si]
+                trial = make_optimizer(self.method.stage_parameters(stage), self.spec.protocol, stage)
+                settings = _group_settings(trial)
+                trial.load_state_dict(opt_state)
+                _check_optimizer(trial, settings, "optimizer")
         _set_rng_state(self.method, ckpt["rng"])
-        self.log(f"resumed after epoch {ckpt['epoch']}")
-        return ckpt["epoch"], ckpt["rows"], ckpt["optimizer"]
+        return epoch, rows, opt_state
 
     def _save(self, epoch: int, rows: list[dict], optimizer) -> None:
         save_checked({"epoch": epoch, "rows": rows, "student": self.method.student.state_dict(),
