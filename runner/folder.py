@@ -12,6 +12,7 @@ from enum import Enum
 from pathlib import Path
 
 from core.errors import UserError
+from data import DATASETS
 
 from .spec import RunSpec
 from .store import CorruptFile, read_json_checked, write_atomic
@@ -61,8 +62,16 @@ class RunFolder:
                                    f"{version}, this one reads {FORMAT_VERSION}); its results are not mixed "
                                    "with these: move it to another results folder or delete it")
         try:
-            return RunSpec.from_dict(d["spec"]), d.get("info", {})
-        except (KeyError, TypeError, ValueError) as e:
+            spec = RunSpec.from_dict(d["spec"])
+            if spec.data.dataset not in DATASETS or spec.data.source not in ("disk", "synthetic"):
+                raise ValueError(f"unknown data {spec.data.dataset!r} from {spec.data.source!r}")
+            if spec.run_id != self.run_id:
+                raise ValueError(f"its spec hashes to {spec.run_id}, not to the folder's name")
+            info = d.get("info", {})
+            if not isinstance(info, dict):
+                raise ValueError("its info is not a mapping")
+            return spec, info
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise UnreadableFolder(f"run folder {self.path}: spec.json does not hold a valid spec ({e}); "
                                    "delete the folder to run it again") from None
 

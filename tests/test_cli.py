@@ -175,16 +175,22 @@ def test_folders_of_another_format_are_reported_and_skipped(tmp_path, capsys):
     RunFolder(tmp_path, good.run_id).write_spec(good, {"role": "method"})
     old = tmp_path / "runs" / "0123456789abcdef"
     old.mkdir()
-    legacy = {k: v for k, v in good.to_dict().items() if k != "kind"}
+    legacy = {k: v for k, v in good.to_dict().items() if k != "kind"}  # format 1 had no kind
     (old / "spec.json").write_text(json.dumps({"run_id": old.name, "spec": legacy, "info": {}}))
     cut = tmp_path / "runs" / "fedcba9876543210"
     cut.mkdir()
     (cut / "spec.json").write_text(json.dumps({"format": 2, "spec": good.to_dict()})[:40])
+    evil_spec = RunSpec(DataSpec("../../../escaped", "synthetic", 64, 32), "st", "resnet20", 0, Protocol(epochs=1))
+    evil = tmp_path / "runs" / evil_spec.run_id  # a crafted record naming a "dataset" outside the results folder
+    evil.mkdir()
+    (evil / "spec.json").write_text(json.dumps({"format": 3, "run_id": evil.name, "spec": evil_spec.to_dict()}))
     capsys.readouterr()
     assert cli("collect", results=tmp_path) == 0
     captured = capsys.readouterr()
     skipped = [line for line in captured.err.splitlines() if line.startswith("skipped:")]
-    assert len(skipped) == 2 and "Traceback" not in captured.err
+    assert len(skipped) == 3 and "Traceback" not in captured.err
+    assert any("unknown data '../../../escaped'" in line for line in skipped)
+    assert not list(tmp_path.parent.glob("**/escaped*")), "nothing written outside the results folder"
     assert any("another version of kd-bench (format 1" in line and old.name in line for line in skipped)
     assert any("spec.json is damaged" in line and cut.name in line for line in skipped)
     summary = pd.read_csv(next(tmp_path.glob("*/summary.csv")))
