@@ -16,6 +16,7 @@ from typing import Iterable
 
 import pandas as pd
 
+from . import stats
 from .paper import canonical_key, display_name, paper_arch, row_order
 
 RowId = tuple[str, str]  # (key, arch); arch "" when the records do not say
@@ -32,6 +33,8 @@ class Stat:
     failed: int = 0
     running: int = 0    # PARTIAL: started, not finished
     new: int = 0        # planned, not started
+    lo: float | None = None  # 95 % Student-t interval of the mean, from n >= stats.MIN_N_CI values on
+    hi: float | None = None
 
     @property
     def runs(self) -> int:
@@ -46,25 +49,41 @@ def row_key(role, method) -> str:
     return role if role in ("teacher", "student") else canonical_key(str(method))
 
 
+def split_variant(key: str) -> tuple[str, str]:
+    """A row key of runs whose hyperparameters differ from their method's defaults (`--set`), e.g. "st[T=2]",
+    -> ("st", "T=2"); any other key -> (key, "")."""
+    if key.endswith("]") and "[" in key:
+        base, _, variant = key[:-1].partition("[")
+        return base, variant
+    return key, ""
+
+
 def with_rows(summary: pd.DataFrame) -> pd.DataFrame:
-    """The summary with two more columns, `row` (key) and `arch`, identifying the table row of each run."""
+    """The summary with two more columns, `row` (key) and `arch`, identifying the table row of each run. Runs
+    with a `variant` (report/collect.py) get a row of their own: key "st[T=2]"."""
     df = summary.copy()
     df["row"] = [row_key(r, m) for r, m in zip(df["role"], df["method"])]
+    if "variant" in df:
+        df["row"] = [k if not isinstance(v, str) or not v else f"{k}[{v}]" for k, v in zip(df["row"], df["variant"])]
     df["arch"] = [_arch(a) for a in (df["student"] if "student" in df else [None] * len(df))]
     return df
 
 
 def row_label(row: RowId) -> str:
     key, arch = row
-    name = display_name(key)
+    key, variant = split_variant(key)
+    combined = "+" in key and not key.startswith("ens-")  # at+st: "AT+Soft target"
+    name = "+".join(display_name(k) for k in key.split("+")) if combined else display_name(key)
+    name = f"{name} ({variant})" if variant else name  # "Soft target (T=2)"
     return name if arch in ("", paper_arch(key)) else f"{name} ({arch})"
 
 
 def comparable_with_paper(row: RowId) -> bool:
     """The paper's numbers describe its networks (ResNet-110 teacher, ResNet-20 otherwise; option-A
-    checkpoints of the same depth included); a row trained on another network gets no difference."""
+    checkpoints of the same depth included); a row trained on another network, or with other hyperparameters
+    than the defaults (`split_variant`), gets no difference."""
     key, arch = row
-    return arch in ("", paper_arch(key), paper_arch(key) + "_a")
+    return not split_variant(key)[1] and arch in ("", paper_arch(key), paper_arch(key) + "_a")
 
 
 def _natural(text: str) -> list:
@@ -83,8 +102,9 @@ def ordered_rows(seen: Iterable[RowId], paper_keys: Iterable[str] | None = None,
     required = set(paper_keys if required is None else required)
     out: list[RowId] = []
     for key in paper_keys:
-        variants = [r for r in seen if r[0] == key]
-        variants.sort(key=lambda r: (not comparable_with_paper(r), r[1] != paper_arch(key), _natural(r[1])))
+        variants = [r for r in seen if split_variant(r[0])[0] == key]
+        variants.sort(key=lambda r: (not comparable_with_paper(r), r[1] != paper_arch(key), _natural(r[1]),
+                                     _natural(split_variant(r[0])[1])))
         if key in required and not any(comparable_with_paper(r) for r in variants):
             variants.insert(0, (key, ""))
         out.extend(variants)
@@ -99,11 +119,13 @@ def run_counts(status: pd.Series) -> dict[str, int]:
 
 
 def seed_stat(values: pd.Series, counts: dict[str, int]) -> Stat:
-    """Mean ± sample std of the given per-run values (NaN ignored)."""
+    """Mean ± sample std of the given per-run values (NaN ignored), and the 95 % interval of the mean from
+    n >= 3 values on (report/stats.py)."""
     v = pd.to_numeric(values, errors="coerce").dropna()
     n = len(v)
-    return Stat(mean=float(v.mean()) if n else None, std=float(v.std(ddof=1)) if n > 1 else None, n=n,
-                **counts)
+    mean, std = (float(v.mean()) if n else None), (float(v.std(ddof=1)) if n > 1 else None)
+    lo, hi = stats.t_interval(mean, std, n) if n >= stats.MIN_N_CI else (None, None)
+    return Stat(mean=mean, std=std, n=n, lo=lo, hi=hi, **counts)
 
 
 def accuracy_stats(runs: pd.DataFrame, column: str) -> dict[RowId, Stat]:
@@ -115,6 +137,55 @@ def accuracy_stats(runs: pd.DataFrame, column: str) -> dict[RowId, Stat]:
         chance = int(done["at_chance"].astype("boolean").fillna(False).sum()) if "at_chance" in done else 0
         out[(key, arch)] = seed_stat(done[column] if column in done else pd.Series(dtype=float),
                                      {**counts, "chance": chance})
+    return out
+
+
+def seed_values(runs: pd.DataFrame, column: str) -> dict[RowId, dict]:
+    """Per row, seed -> `column` of its DONE runs with a value. Several DONE runs of one seed (see
+    `duplicate_seeds`, which the tables note) are averaged into that seed's value."""
+    if column not in runs:
+        return {}
+    done = runs[runs["status"].astype(str).str.upper() == "DONE"].copy()
+    done["_v"] = pd.to_numeric(done[column], errors="coerce")
+    done = done.dropna(subset=["_v", "seed"])
+    out: dict[RowId, dict] = {}
+    for (key, arch, seed), v in done.groupby(["row", "arch", "seed"], sort=False)["_v"].mean().items():
+        out.setdefault((key, arch), {})[_seed_key(seed)] = float(v)
+    return out
+
+
+def _seed_key(seed):
+    """Seeds read back from CSV may be floats (a column with a gap): 1.0 and 1 are one seed."""
+    try:
+        return int(seed) if float(seed).is_integer() else seed
+    except (TypeError, ValueError):
+        return seed
+
+
+BASELINE = "student"
+
+
+def baseline_of(row: RowId) -> RowId | None:
+    """The row a row is paired with: the student trained alone on the same network (its seed's students all
+    start from the same weights); None for the teacher and the baselines themselves."""
+    key, arch = row
+    return None if key in ("teacher", BASELINE) else (BASELINE, arch)
+
+
+def paired_stats(runs: pd.DataFrame, column: str, rows: Iterable[RowId] | None = None
+                 ) -> dict[RowId, "stats.PairedDiff"]:
+    """Per row with a baseline (`baseline_of`) among `runs` (= `with_rows(...)` of one dataset): `column`
+    of the row minus that of the student of its network, paired by seed (report/stats.paired_difference).
+    `rows` (default: the rows of `runs`) may name rows without runs here (n = 0). Rows whose network has no
+    student row at all are left out."""
+    values = seed_values(runs, column)
+    present = set(zip(runs["row"], runs["arch"]))
+    out = {}
+    for row in dict.fromkeys(zip(runs["row"], runs["arch"]) if rows is None else rows):
+        base = baseline_of(row)
+        if base is None or base not in present:
+            continue
+        out[row] = stats.paired_difference(values.get(row, {}), values.get(base, {}))
     return out
 
 
@@ -179,10 +250,11 @@ def run_timings(measured: pd.DataFrame, summary: pd.DataFrame | None) -> pd.Data
     busy machine), with its row identity. The network comes from the summary through the run id."""
     if measured.empty:
         return pd.DataFrame(columns=["run_id", "dataset", "row", "arch", "time_s", "params"])
-    arch_of, archs_of_key = {}, {}
+    arch_of, archs_of_key, row_of = {}, {}, {}
     if summary is not None and not summary.empty and "run_id" in summary:
         rows = with_rows(summary)
         arch_of = dict(zip(rows["run_id"], rows["arch"]))
+        row_of = dict(zip(rows["run_id"], rows["row"]))  # a variant's row ("st[T=2]") is known from its run
         for key, arch in zip(rows["row"], rows["arch"]):
             archs_of_key.setdefault(key, set()).add(arch)
     df = measured.copy()
@@ -192,7 +264,8 @@ def run_timings(measured: pd.DataFrame, summary: pd.DataFrame | None) -> pd.Data
         dataset=("dataset", "first"), role=("role", "first"), method=("method", "first"),
         time_s=("time_s", "median"), params=("params", "median"))
     per_run = per_run.reset_index()
-    per_run["row"] = [row_key(r, m) for r, m in zip(per_run["role"], per_run["method"])]
+    per_run["row"] = [row_of.get(rid) or row_key(r, m)
+                      for rid, r, m in zip(per_run["run_id"], per_run["role"], per_run["method"])]
     # a run missing from the summary (e.g. an ensemble evaluated on the fly) takes its row's only network
     per_run["arch"] = [arch_of[rid] if rid in arch_of else
                        (next(iter(archs_of_key[k])) if len(archs_of_key.get(k, ())) == 1 else "")

@@ -16,6 +16,14 @@ from runner.spec import member_run_id
 COLUMNS = ["dataset", "method", "role", "seed", "student", "teacher", "status",
            *[f"best_top{k}" for k in range(1, 6)], *[f"last_top{k}" for k in range(1, 6)],
            "best_epoch", "epochs", "params", "extra_params", "train_time_s", "run_id", "error", "at_chance"]
+# how a run's hyperparameters differ from its method's defaults ("T=2", empty for the defaults), from the run's
+# info (runner/plan.py `variant_label`): the tables name the row "Soft target (T=2)". Written after COLUMNS.
+VARIANT = "variant"
+
+
+def _variant(info: dict) -> str:
+    value = info.get(VARIANT)
+    return value if isinstance(value, str) else ""
 
 
 def run_rows(results_dir: str | Path) -> pd.DataFrame:
@@ -24,7 +32,7 @@ def run_rows(results_dir: str | Path) -> pd.DataFrame:
         state = folder.state()
         row = {"dataset": spec.data.label, "method": spec.method or spec.kind, "role": info.get("role", "method"),
                "seed": spec.seed, "student": spec.student, "teacher": (spec.teacher or {}).get("arch"),
-               "status": state.value, "run_id": folder.run_id}
+               "status": state.value, "run_id": folder.run_id, VARIANT: _variant(info)}
         final = folder.read_final() if state in (State.DONE, State.FAILED) else None
         if final is not None:
             row.update({k: v for k, v in final.items() if k in COLUMNS and k not in ("status", "dataset")})
@@ -40,7 +48,7 @@ def run_rows(results_dir: str | Path) -> pd.DataFrame:
             if "best_top1" in member:
                 entry["at_chance"] = at_chance(member["best_top1"], dataset_info(spec.data.dataset).num_classes)
             rows.append(entry)
-    return pd.DataFrame(rows, columns=COLUMNS)
+    return pd.DataFrame(rows, columns=[*COLUMNS, VARIANT])
 
 
 def measurement_rows(results_dir: str | Path) -> pd.DataFrame:
@@ -56,6 +64,8 @@ def training_curves(results_dir: str | Path, label: str) -> dict[str, list[list[
         if spec.data.label != label or spec.kind != "train" or folder.state() != State.DONE:
             continue
         name = {"teacher": "teacher", "student": "student"}.get(info.get("role"), spec.method)
+        if _variant(info):
+            name += f"[{_variant(info)}]"  # the row key of report/aggregate.py `with_rows`
         curves.setdefault(name, []).append([r["test"]["top1"] for r in folder.read_epochs()])
     return curves
 
@@ -94,6 +104,9 @@ def markdown_overview(df: pd.DataFrame) -> str:
     """A first look: one line per (dataset, method, student), mean over seeds, with n and status counts."""
     if df.empty:
         return "(no runs)"
+    if VARIANT in df:  # a variant is its own line: "st[T=2]"
+        df = df.assign(method=[m if not isinstance(v, str) or not v else f"{m}[{v}]"
+                               for m, v in zip(df["method"], df[VARIANT])])
     done = df[df.status == "DONE"]
     groups = df.groupby(["dataset", "method", "student"], sort=False)
     lines = []

@@ -313,12 +313,110 @@ def plot_curves(curves: dict[str, list[list[float]]], title: str | None = None) 
     return fig
 
 
+# --- paired differences from the student ------------------------------------------------------------
+
+# the columns each table shows of a dataset, by the dataset's key (report/tables.py)
+TABLE_METRICS = {"table1": {"cifar10": (1, 2), "cifar100": (1, 5)},
+                 "tableA1": {"cifar10": (1, 2, 3, 4, 5), "cifar100": (1, 2, 3, 4, 5)}}
+
+
+def dataset_key(label: str) -> str | None:
+    """"cifar10"/"cifar100" for a data label (`cifar100-synthetic-n1024-512`, `cifar10-<fingerprint>`)."""
+    m = re.match(r"(cifar100|cifar10)(?![0-9])", str(label))
+    return m.group(1) if m else None
+
+
+def paired_points(summary: pd.DataFrame, label: str, metrics: tuple[int, ...] = (1,),
+                  select: str = "best") -> pd.DataFrame:
+    """One line per (row, top-k) of dataset `label` with >= 2 seeds paired with the student of its network:
+    the mean difference row − student and its 95 % interval (report/stats.py: t with n-1 df), n, and
+    whether the interval excludes 0."""
+    runs = agg.with_rows(summary[summary["dataset"] == label])
+    out = []
+    for k in metrics:
+        for row, d in agg.paired_stats(runs, f"{select}_top{k}").items():
+            if d.lo is None:
+                continue
+            out.append({"row": row[0], "arch": row[1], "name": agg.row_label(row), "kind": kind_of(row[0]),
+                        "metric": f"top{k}", "k": k, "mean": d.mean, "lo": d.lo, "hi": d.hi, "n": d.n,
+                        "unpaired": d.unpaired, "excludes_zero": d.excludes_zero})
+    return pd.DataFrame(out, columns=["row", "arch", "name", "kind", "metric", "k", "mean", "lo", "hi", "n",
+                                      "unpaired", "excludes_zero"])
+
+
+def plot_paired(points: pd.DataFrame, title: str, select: str = "best") -> Figure:
+    """One panel per top-k: each row's mean paired difference from the student (dot) with its 95 % interval
+    (bar), rows sorted by the first panel's difference (largest on top) and shared by all panels, the zero
+    line drawn; a filled dot marks an interval that excludes 0, an open one an interval that contains it."""
+    import matplotlib
+    from matplotlib.lines import Line2D
+    ks = sorted(points["k"].unique())
+    first = points[points["k"] == ks[0]].set_index("name")["mean"]
+    names = list(dict.fromkeys(points["name"]))
+    # sorted by the first metric's difference; rows without it after, by their own first difference
+    names.sort(key=lambda n: (n not in first.index, -(first.get(n, points[points["name"] == n]["mean"].iloc[0]))))
+    ypos = {n: len(names) - 1 - i for i, n in enumerate(names)}
+    width = COLUMN_WIDTH if len(ks) <= 2 else PAGE_WIDTH
+    height = min(9.0, 1.3 + 0.16 * len(names))
+    with matplotlib.rc_context(STYLE):
+        fig = _new_figure(width, height)
+        axes = fig.subplots(1, len(ks), sharey=True, squeeze=False)[0]
+        for ax, k in zip(axes, ks):
+            part = points[points["k"] == k]
+            ax.axvline(0.0, color="0.3", lw=0.6, zorder=1)
+            for _, p in part.iterrows():
+                colour = KINDS[p["kind"]][2]
+                y = ypos[p["name"]]
+                ax.plot([p["lo"], p["hi"]], [y, y], color=colour, lw=0.9, solid_capstyle="butt", zorder=2)
+                ax.plot([p["mean"]], [y], marker="o", ms=3.4, color=colour, zorder=3,
+                        markerfacecolor=colour if p["excludes_zero"] else "white", markeredgewidth=0.8)
+            lo, hi = min(0.0, part["lo"].min()), max(0.0, part["hi"].max())
+            pad = max(hi - lo, 0.2) * 0.08
+            ax.set_xlim(lo - pad, hi + pad)
+            ax.set_title(f"top-{k}", loc="left", pad=2)
+            ax.grid(True, axis="x", lw=0.3, color="0.85")
+        axes[0].set_yticks(range(len(names)))
+        axes[0].set_yticklabels(list(reversed(names)))
+        axes[0].set_ylim(-0.7, len(names) - 0.3)
+        handles = [Line2D([], [], marker="o", ls="-", lw=0.9, color="0.3", ms=3.4,
+                          label="mean, 95 % CI excludes 0"),
+                   Line2D([], [], marker="o", ls="-", lw=0.9, color="0.3", markerfacecolor="white", ms=3.4,
+                          label="95 % CI contains 0")]
+        # the legend's title is the x axis label shared by the panels
+        fig.legend(handles=handles, loc="outside lower center", ncol=2, frameon=False, handletextpad=0.4,
+                   columnspacing=1.2, title=f"accuracy − Student's, same seed (pp), {select} epoch", title_fontsize=FONT_PT)
+        fig.suptitle(title, fontsize=FONT_PT, x=0.01, ha="left")
+        fig.set_layout_engine("constrained")
+    return fig
+
+
 # --- files ------------------------------------------------------------------------------------------
+
+def _write_paired(summary: pd.DataFrame, label: str, title: str, out_dir: Path, select: str) -> list[Path]:
+    """`paired_<table>_<label>`: per table, its columns of this dataset as paired differences from the
+    student, when some row has >= 2 paired seeds (otherwise there is no interval to draw)."""
+    key = dataset_key(label)
+    paths = []
+    for table, by_key in TABLE_METRICS.items():
+        metrics = by_key.get(key, (1, 2, 3, 4, 5) if table == "tableA1" else ())
+        if not metrics:
+            continue
+        pts = paired_points(summary, label, metrics, select)
+        if pts.empty:
+            print(f"note: paired_{table}_{label}: no row has 2 seeds paired with the student, skipped")
+            continue
+        name = {"table1": "Table 1", "tableA1": "Table A1"}[table]
+        fig = plot_paired(pts, f"{title}, {name}: difference from the Student, paired by seed", select)
+        paths += _save(fig, out_dir, f"paired_{table}_{_slug(label)}")
+    return paths
+
 
 def write_plots(summary: pd.DataFrame, measurements: pd.DataFrame | None,
                 curves: dict[str, list[list[float]]] | None, out_dir: str | Path,
                 select: str = "best", device: str | None = None, curves_title: str | None = None) -> list[Path]:
     """Per dataset label in `summary`: `acc_vs_params_<label>` and, when timed, `acc_vs_time_<label>`;
+    `paired_table1_<label>` and `paired_tableA1_<label>` (each row's paired difference from the student
+    with its 95 % interval, for the columns of that table) when some row has >= 2 paired seeds;
     plus `training_curves` from `curves` (method -> one per-epoch top-1 list per seed). PNG and PDF each.
     Whatever cannot be drawn is reported on stdout and skipped; the other figures are still written."""
     out_dir = Path(out_dir)
@@ -342,6 +440,7 @@ def write_plots(summary: pd.DataFrame, measurements: pd.DataFrame | None,
                 continue
             fig = plot_accuracy(pts, x, title + (f", {device}" if x == "time" else ""), select)
             paths += _save(fig, out_dir, f"{stem}_{_slug(label)}")
+        paths += _write_paired(summary, label, title, out_dir, select)
     if curves:
         paths += _save(plot_curves(curves, curves_title), out_dir, "training_curves")
     else:

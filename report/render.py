@@ -61,9 +61,11 @@ def to_markdown(table: Table) -> str:
 # --- LaTeX ------------------------------------------------------------------------------------------
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  "<": r"\textless{}", ">": r"\textgreater{}"}
 _LATEX_UNICODE = {"±": r"$\pm$", "Δ": r"$\Delta$", "–": "--", "−": "$-$", "×": r"$\times$", "≥": r"$\geq$",
-                  "⁶": "$^6$", "“": "``", "”": "''", "…": r"\ldots{}"}
+                  "⁶": "$^6$", "“": "``", "”": "''", "…": r"\ldots{}",
+                  "≤": r"$\leq$", "†": r"$^\dagger$", "α": r"$\alpha$"}
 
 
 def latex_escape(text: str) -> str:
@@ -107,5 +109,7 @@ def to_latex(table: Table) -> str:
 
 def to_csv(table: Table) -> str:
     """The numbers behind the cells, one line per (row, column group): mean, std, n, run counts, the
-    paper's value and the difference; empty where there is none."""
+    paper's value and the difference; Tables 1 and A1 add their statistics (report/tables.py: the mean's
+    interval ci_lo/ci_hi, the paired difference to the Student diff_*, excludes_zero, holm_*); empty where
+    there is none."""
     return table.records.to_csv(index=False, float_format="%.4f", lineterminator="\n")

@@ -13,6 +13,19 @@ Choices a reader of the tables needs (they are repeated in the captions):
   subset data the paper's column is still printed but Δ is "–";
 - `select="best"` uses each run's best epoch on the test split (the paper's "highest top-k accuracy for our
   validation dataset for each run"), `select="last"` its last epoch.
+
+Statistics (report/stats.py), Tables 1 and A1 only, and only where there are enough seeds, so a table of
+single runs looks exactly as before:
+- a cell with n >= 3 also shows the 95 % confidence interval of its mean (Student t, n-1 df) in brackets;
+- when some row has n >= 2 seeds paired with the student of its network (same seed: same initial weights,
+  same batch stream), a panel "vs Student" follows the panel of the numbers: per row and column the mean of
+  the per-seed differences row − Student [95 % CI, t with n-1 df], * when the interval excludes 0, n = paired
+  seeds, seeds only one side finished left out and counted ("k unpaired"); its Paper column is the paper's
+  row − Student. Only rows with n >= 2 pairs in some column are listed; a cell with fewer says so.
+- `holm=True` adds a two-sided paired t-test per row (H0: mean difference 0), Holm-adjusted over the family
+  of all rows tested in one column (one dataset and metric), † when rejected at α = 0.05.
+The CSV has these numbers in their own columns: ci_lo, ci_hi (the mean's interval), diff_mean, diff_lo,
+diff_hi, diff_n, diff_unpaired, excludes_zero and, with `holm`, holm_p, holm_reject.
 """
 from __future__ import annotations
 
@@ -24,6 +37,7 @@ import pandas as pd
 from methods.ensembles import ENSEMBLES
 
 from . import aggregate as agg
+from . import stats
 from .aggregate import RowId, Stat
 from .paper import DATASETS, SHORT_CITATION, paper_methods, paper_value, row_order
 from .render import Table, to_csv, to_latex, to_markdown
@@ -37,6 +51,18 @@ TABLE2_KEYS = ["teacher", "student", *ENSEMBLES]  # the rows of the paper's Tabl
 LEGEND = ("A cell without a number says why: failed = every run failed; running = started, none "
           "finished; missing = no run finished or started. “k failed” inside a cell counts runs left out "
           "of its mean.")
+CI_NOTE = ("With n ≥ 3 the brackets after the std are the 95 % confidence interval of the mean (Student t, "
+           "n − 1 degrees of freedom).")
+PAIRED_NOTE = ("Panel “vs Student”: for every seed that both the row and the Student (CE alone, same network) "
+               "finished, the difference row − Student in percentage points; the students of a seed start from "
+               "the same weights and see the same batches, so the pairs share the seed's luck. Cell: mean "
+               "difference [95 % confidence interval, Student t with n − 1 degrees of freedom] (n = paired "
+               "seeds; “k unpaired” = seeds only one side finished, left out); * = the interval excludes 0. "
+               "Listed are the rows with n ≥ 2 pairs in some column; “1 pair”/“no pair”: too few for an "
+               "interval. Its Paper column is the paper's row − Student.")
+HOLM_NOTE = ("Holm p: two-sided paired t-test of a mean difference of 0 (unadjusted, it rejects at 0.05 exactly "
+             "when the interval excludes 0), its p adjusted by Holm's step-down method over all rows tested in the same "
+             "column (one family per dataset and metric); † = rejected at a family-wise α = 0.05.")
 CHANCE_NOTE = ("A number followed by “!” includes runs that finished at chance level (top-1 within 1.5× of "
                "100/classes %): they learned nothing, and the cell says how many.")
 
@@ -65,11 +91,14 @@ def _others(s: Stat, skip: str = "") -> list[str]:
     return [f"{k} {what}" for k, what in parts if k and what != skip]
 
 
-def stat_text(s: Stat, decimals: int = 2, unvalued: str = "no value") -> str:
-    """`93.14 ± 0.12 (n=3)`, `93.14 (n=1)`, `93.14 ± 0.10 (n=2, 1 failed)`, or the reason for no number."""
+def stat_text(s: Stat, decimals: int = 2, unvalued: str = "no value", ci: bool = False) -> str:
+    """`93.14 ± 0.12 (n=3)`, `93.14 (n=1)`, `93.14 ± 0.10 (n=2, 1 failed)`, or the reason for no number;
+    with `ci`, a cell with an interval of its mean (n >= 3) shows it: `93.14 ± 0.12 [92.84, 93.44] (n=3)`."""
     if not s.n:
         return status_text(s, unvalued)
     body = f"{s.mean:.{decimals}f}" + (f" ± {s.std:.{decimals}f}" if s.std is not None else "")
+    if ci and s.lo is not None:
+        body += f" [{s.lo:.{decimals}f}, {s.hi:.{decimals}f}]"
     extras = [f"n={s.n}"] + _others(s)
     if s.chance:
         body += "!"
@@ -77,6 +106,47 @@ def stat_text(s: Stat, decimals: int = 2, unvalued: str = "no value") -> str:
     if s.done > s.n:
         extras.append(f"{s.done - s.n} {unvalued}")
     return f"{body} ({', '.join(extras)})"
+
+
+def paired_text(p: stats.PairedDiff | None, test: stats.HolmResult | None = None, decimals: int = 2) -> str:
+    """A cell of the "vs Student" panel: `+0.42 [0.10, 0.74]* (n=3)`, with `, 1 unpaired` for seeds only one
+    side finished and `, Holm p 0.031†` when tested; `1 pair`/`no pair` below 2 pairs, `no Student` when the
+    row's network has no student baseline."""
+    if p is None:
+        return "no Student"
+    if p.n < stats.MIN_N_PAIRED:
+        return "1 pair" if p.n == 1 else "no pair"
+    fmt = lambda x, sign="": f"{round(x, decimals) + 0.0:{sign}.{decimals}f}"  # + 0.0: no "-0.00"
+    body = f"{fmt(p.mean, '+')} [{fmt(p.lo)}, {fmt(p.hi)}]" + ("*" if p.excludes_zero else "")
+    extras = [f"n={p.n}"] + ([f"{p.unpaired} unpaired"] if p.unpaired else [])
+    if test is not None:
+        extras.append(f"Holm p {_p_text(test.p_holm)}" + ("†" if test.reject else ""))
+    return f"{body} ({', '.join(extras)})"
+
+
+def _p_text(p: float) -> str:
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def paper_gain(row: RowId, key: str, k: int) -> float | None:
+    """The paper's row − Student for one column, or None where the paper has no such pair of numbers."""
+    if not agg.comparable_with_paper(row):
+        return None
+    mine, base = paper_value("accuracy", row[0], f"{key}_top{k}"), paper_value("accuracy", "student", f"{key}_top{k}")
+    return None if mine is None or base is None else round(mine - base, 2) + 0.0
+
+
+def _stat_columns(s: Stat, p: stats.PairedDiff | None, test: stats.HolmResult | None, holm: bool) -> dict:
+    """The CSV's statistics of one cell, each number in its own column (None where there is none)."""
+    has_ci = p is not None and p.lo is not None
+    out = {"ci_lo": s.lo, "ci_hi": s.hi,
+           "diff_mean": p.mean if p is not None else None,
+           "diff_lo": p.lo if has_ci else None, "diff_hi": p.hi if has_ci else None,
+           "diff_n": p.n if p is not None else None, "diff_unpaired": p.unpaired if p is not None else None,
+           "excludes_zero": p.excludes_zero if has_ci else None}
+    if holm:
+        out.update(holm_p=test.p_holm if test else None, holm_reject=test.reject if test else None)
+    return out
 
 
 def diff(s: Stat, paper: float | None, allowed: bool, decimals: int = 2) -> float | None:
@@ -92,11 +162,11 @@ def _num(x: float | None, signed: bool = False) -> str:
 
 
 def _record(table: str, dataset: str, label: str | None, row: RowId, metric: str, s: Stat,
-            paper: float | None, d: float | None, **extra) -> dict:
+            paper: float | None, d: float | None, after: dict | None = None, **extra) -> dict:
     return {"table": table, "dataset": dataset, "label": label, "row": row[0], "arch": row[1],
             "name": agg.row_label(row), "metric": metric, **extra, "mean": s.mean, "std": s.std, "n": s.n,
             "done": s.done, "at_chance": s.chance, "failed": s.failed, "running": s.running, "not_started": s.new,
-            "paper": paper, "diff": d}
+            "paper": paper, "diff": d, **(after or {})}
 
 
 # --- data selection and caption pieces --------------------------------------------------------------
@@ -171,57 +241,92 @@ def run_notes(runs_by_key: dict[str, pd.DataFrame], datasets: dict) -> list[str]
 
 # --- accuracy tables --------------------------------------------------------------------------------
 
+PAIRED_TITLE = "vs Student, paired by seed: mean of row − Student [95 % CI], percentage points"
+
+
 def _accuracy_table(summary: pd.DataFrame, datasets: dict, select: str, name: str, title: str,
                     what: str, panels_spec: list[tuple[str | None, list[tuple[str, int]]]],
-                    group_name) -> Table:
+                    group_name, holm: bool = False) -> Table:
     _check(datasets, select)
     runs = {key: _runs_of(summary, datasets.get(key)) for key in DATASETS}
     seen = [r for key in DATASETS for r in zip(runs[key]["row"], runs[key]["arch"])]
     rows = agg.ordered_rows(seen)
-    stats = {(key, k): agg.accuracy_stats(runs[key], f"{select}_top{k}")
-             for _, cols in panels_spec for key, k in cols}
+    columns = [c for _, cols in panels_spec for c in cols]
+    cell_stats = {(key, k): agg.accuracy_stats(runs[key], f"{select}_top{k}") for key, k in columns}
+    paired = {(key, k): agg.paired_stats(runs[key], f"{select}_top{k}", rows) if datasets.get(key) is not None
+              else {} for key, k in columns}
+    # one family of tests per column (dataset and metric): every row with >= 2 pairs in it
+    tests = {c: stats.holm_paired_tests(paired[c]) if holm else {} for c in columns}
     groups = [(group_name(key, k), list(SUBS)) for key, k in panels_spec[0][1]]
     panels, records = [], []
+    shown_ci = shown_paired = False
     for panel_title, cols in panels_spec:
         lines = []
         for row in rows:
             cells = []
             for key, k in cols:
                 label = datasets.get(key)
-                s = stats[(key, k)].get(row, Stat())
+                s = cell_stats[(key, k)].get(row, Stat())
                 paper = paper_value("accuracy", row[0], f"{key}_top{k}")
                 d = diff(s, paper, is_real(key, label) and agg.comparable_with_paper(row))
-                cells += [stat_text(s) if label is not None else DASH, _num(paper), _num(d, signed=True)]
-                records.append(_record(name, key, label, row, f"top{k}", s, paper, d, select=select))
+                cells += [stat_text(s, ci=True) if label is not None else DASH, _num(paper), _num(d, signed=True)]
+                shown_ci |= label is not None and s.lo is not None
+                p, test = paired[(key, k)].get(row), tests[(key, k)].get(row)
+                records.append(_record(name, key, label, row, f"top{k}", s, paper, d,
+                                       _stat_columns(s, p, test, holm), select=select))
             lines.append((agg.row_label(row), cells))
         panels.append((panel_title, lines))
+        # the paired differences of this panel's columns, for the rows with >= 2 pairs in one of them
+        listed = [row for row in rows
+                  if any((p := paired[c].get(row)) is not None and p.n >= stats.MIN_N_PAIRED for c in cols)]
+        if listed:
+            shown_paired = True
+            diff_lines = []
+            for row in listed:
+                cells = []
+                for key, k in cols:
+                    c = (key, k)
+                    cells += [paired_text(paired[c].get(row), tests[c].get(row)) if datasets.get(key) is not None
+                              else DASH, _num(paper_gain(row, key, k), signed=True), ""]
+                diff_lines.append((agg.row_label(row), cells))
+            panels.append((f"{panel_title or 'Difference'} {PAIRED_TITLE}", diff_lines))
     caption = " ".join([
         f"{what} Teacher ResNet-110, student ResNet-20.",
         f"Ours: mean ± sample standard deviation over seeds (n = finished runs; no ± when n = 1), "
         f"{SELECT_TEXT[select]}.",
+        *([CI_NOTE] if shown_ci else []),
         f"Paper: {SHORT_CITATION}, Table A1; Δ = ours − paper in percentage points, from the printed mean.",
+        *([PAIRED_NOTE] if shown_paired else []),
+        *([HOLM_NOTE] if shown_paired and holm else []),
         *data_sentences(datasets),
         *(["Rows naming a network in brackets used another network than the paper and get no Δ."]
           if any(not agg.comparable_with_paper(r) for r in rows) else []),
-        LEGEND, *([CHANCE_NOTE] if any(st.chance for by_row in stats.values() for st in by_row.values()) else [])])
-    return Table(name, title, caption, groups, panels, run_notes(runs, datasets), pd.DataFrame(records))
+        LEGEND, *([CHANCE_NOTE] if any(st.chance for by_row in cell_stats.values() for st in by_row.values()) else [])])
+    records = pd.DataFrame(records)
+    for col, dtype in (("diff_n", "Int64"), ("diff_unpaired", "Int64"), ("excludes_zero", "boolean"),
+                       ("holm_reject", "boolean")):
+        if col in records:
+            records[col] = records[col].astype(dtype)
+    return Table(name, title, caption, groups, panels, run_notes(runs, datasets), records)
 
 
-def table1(summary: pd.DataFrame, datasets: dict, select: str = "best") -> Table:
-    """Table 1: CIFAR-10 top-1/top-2 and CIFAR-100 top-1/top-5."""
-    cols = [("cifar10", 1), ("cifar10", 2), ("cifar100", 1), ("cifar100", 5)]
+TABLE1_COLUMNS = [("cifar10", 1), ("cifar10", 2), ("cifar100", 1), ("cifar100", 5)]
+
+
+def table1(summary: pd.DataFrame, datasets: dict, select: str = "best", holm: bool = False) -> Table:
+    """Table 1: CIFAR-10 top-1/top-2 and CIFAR-100 top-1/top-5 (`holm`: Holm-corrected paired tests)."""
     return _accuracy_table(summary, datasets, select, "table1", "Table 1",
                            "Test accuracy (%): top-1 and top-2 on CIFAR-10, top-1 and top-5 on CIFAR-100.",
-                           [(None, cols)], lambda key, k: f"{DATASETS[key]} top-{k}")
+                           [(None, TABLE1_COLUMNS)], lambda key, k: f"{DATASETS[key]} top-{k}", holm)
 
 
-def tableA1(summary: pd.DataFrame, datasets: dict, select: str = "best") -> Table:
-    """Table A1: top-1..top-5 on both datasets, one panel per dataset."""
+def tableA1(summary: pd.DataFrame, datasets: dict, select: str = "best", holm: bool = False) -> Table:
+    """Table A1: top-1..top-5 on both datasets, one panel per dataset (`holm`: Holm-corrected paired tests)."""
     panels = [(f"{DATASETS[key]}" + (f" ({datasets[key]})" if datasets.get(key) not in (None, key) else ""),
                [(key, k) for k in range(1, 6)]) for key in DATASETS]
     return _accuracy_table(summary, datasets, select, "tableA1", "Table A1",
                            "Top-1 to top-5 test accuracy (%) on CIFAR-10 and CIFAR-100.",
-                           panels, lambda key, k: f"top-{k}")
+                           panels, lambda key, k: f"top-{k}", holm)
 
 
 # --- Table 2 ----------------------------------------------------------------------------------------
@@ -343,15 +448,17 @@ def write_table(table: Table, out_dir: Path, stem: str | None = None) -> list[Pa
 
 
 def write_tables(summary: pd.DataFrame, measurements: pd.DataFrame | None, datasets: dict,
-                 out_dir: str | Path, select: str = "best", device: str | None = None) -> list[Path]:
+                 out_dir: str | Path, select: str = "best", device: str | None = None,
+                 holm: bool = False) -> list[Path]:
     """Write table1/tableA1/table2 as .md, .tex and .csv into `out_dir`; return the paths.
 
     `table2.*` shows `device` (default: the most recently measured one); when the measurements span
     several devices and none is named, each also gets `table2-<device>.*`, so no timing is left unrendered.
+    `holm`: Tables 1 and A1 add a paired t-test of each row against the Student, Holm-adjusted per column.
     """
     out_dir = Path(out_dir)
-    paths = write_table(table1(summary, datasets, select), out_dir)
-    paths += write_table(tableA1(summary, datasets, select), out_dir)
+    paths = write_table(table1(summary, datasets, select, holm), out_dir)
+    paths += write_table(tableA1(summary, datasets, select, holm), out_dir)
     paths += write_table(table2(summary, measurements, datasets, device), out_dir)
     names = agg.devices(measurements)
     if device is None and len(names) > 1:

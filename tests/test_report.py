@@ -7,6 +7,10 @@ synthetic stand-in for CIFAR-100; measurements on two devices, with repeated tim
 another batch size. The golden files were rendered once and checked by hand; the numeric tests below
 recompute a few cells straight from the fixture, so the golden files do not merely confirm themselves.
 
+Rows with two or three seeds make Tables 1 and A1 show their statistics (report/stats.py, tested on constructed
+data in tests/test_stats.py): the 95 % interval of a mean from n = 3 and a "vs Student" panel of paired
+differences; the golden files were re-rendered when these were added and the diff read by eye.
+
 To re-render the golden files after an intended change: KDBENCH_UPDATE_GOLDEN=1 pytest tests/test_report.py,
 then read the diff.
 """
@@ -131,7 +135,8 @@ def test_cells_are_mean_std_n_and_difference(summary):
     c = cell(t1, "Logits", "top1")
     assert c["n"] == 3 and c["mean"] == pytest.approx(logits.mean()) and c["std"] == pytest.approx(logits.std())
     assert c["diff"] == pytest.approx(round(round(logits.mean(), 2) - 93.14, 2))
-    assert md_row(to_markdown(t1), "Logits")[:3] == ["93.20 ± 0.10 (n=3)", "93.14", "+0.06"]
+    # n = 3: the 95 % t interval of the mean, 93.20 ± 4.303 · 0.10 / √3
+    assert md_row(to_markdown(t1), "Logits")[:3] == ["93.20 ± 0.10 [92.95, 93.45] (n=3)", "93.14", "+0.06"]
     # the student: two seeds of ce; the difference is negative on top-2
     assert md_row(to_markdown(t1), "Student")[:6] == ["92.50 ± 0.14 (n=2)", "92.46", "+0.04",
                                                       "97.65 ± 0.07 (n=2)", "97.67", "-0.02"]
@@ -158,7 +163,8 @@ def test_failed_running_and_missing_rows_are_shown(summary):
     assert md_row(text, "PKT")[0] == "missing"                 # the paper's network never ran ...
     assert md_row(text, "PKT (resnet8)")[:3] == ["91.00 (n=1)", "93.11", "–"]  # ... another one did
     assert md_row(text, "OEC-KD s1")[:3] == ["92.80 (n=1)", "–", "–"]
-    names = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ")][1:]
+    first_grid = text.split("\n\n")[1]   # the panel of the numbers (the "vs Student" panel follows)
+    names = [line.split("|")[1].strip() for line in first_grid.splitlines() if line.startswith("| ")][1:]
     paper_names = [paper.display_name(k) for k in paper.ROW_ORDER]
     assert [n for n in names if n in paper_names] == paper_names  # every paper row, in order
     assert "Soft target seed 1 failed: CUDA out of memory" in text  # the reason, first line only
@@ -172,14 +178,17 @@ def test_select_changes_caption_and_values(summary):
     assert "last epoch" in last.caption and "best epoch" not in last.caption
     c10 = summary[(summary["dataset"] == C10) & (summary["method"] == "logits")]
     assert cell(last, "Logits", "top1")["mean"] == pytest.approx(c10["last_top1"].mean())
-    assert md_row(to_markdown(last), "Logits")[:3] == ["93.00 ± 0.10 (n=3)", "93.14", "-0.14"]
+    assert md_row(to_markdown(last), "Logits")[:3] == ["93.00 ± 0.10 [92.75, 93.25] (n=3)", "93.14", "-0.14"]
     with pytest.raises(ValueError):
         tables.table1(summary, DATASETS, "median")
 
 
 def test_tableA1_has_one_panel_per_dataset(summary):
     t = tables.tableA1(summary, DATASETS, "best")
-    assert [title for title, _ in t.panels] == ["CIFAR-10", f"CIFAR-100 ({C100})"]
+    # CIFAR-10 has rows with two seeds paired with the student: its "vs Student" panel follows its numbers
+    assert [title for title, _ in t.panels] == [
+        "CIFAR-10", "CIFAR-10 vs Student, paired by seed: mean of row − Student [95 % CI], percentage points",
+        f"CIFAR-100 ({C100})"]
     assert [g for g, _ in t.groups] == [f"top-{k}" for k in range(1, 6)]
     tex = to_latex(t)
     for word in (r"\toprule", r"\midrule", r"\bottomrule", r"\cmidrule(lr){2-4}", r"accuracy (\%)"):
@@ -271,7 +280,8 @@ def test_plots_are_written(summary, measurements, tmp_path):
               "ens-all": [[20.0, 50.0, 70.0]]}
     paths = plots.write_plots(summary, measurements, curves, tmp_path)
     names = {p.name for p in paths}
-    for stem in ("acc_vs_params_cifar10", "acc_vs_time_cifar10", f"acc_vs_params_{C100}", "training_curves"):
+    for stem in ("acc_vs_params_cifar10", "acc_vs_time_cifar10", f"acc_vs_params_{C100}", "training_curves",
+                 "paired_table1_cifar10", "paired_tableA1_cifar10"):  # CIFAR-10 has rows with 2 paired seeds
         assert {f"{stem}.png", f"{stem}.pdf"} <= names
     for p in paths:
         head = p.read_bytes()[:8]
