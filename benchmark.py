@@ -30,6 +30,28 @@ def _csv(kind):
     return parse
 
 
+def _seeds(text: str) -> list[int]:
+    """`--seeds 0,1,2`, `--seeds 0-4` (an inclusive range) or both: `0-2,7`. Values are checked by `check_args`."""
+    import re
+
+    out = []
+    for part in (x.strip() for x in text.split(",") if x.strip()):
+        one, span = re.fullmatch(r"[+-]?\d+", part), re.fullmatch(r"(\d+)-(\d+)", part)
+        if one:
+            out.append(int(part))
+        elif span and int(span[1]) <= int(span[2]):
+            out += range(int(span[1]), int(span[2]) + 1)
+        else:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of int or a range low-high (0,1,2 "
+                                             f"or 0-4), got {text!r}")
+    return out
+
+
+class _DefaultDataset(str):
+    """The value of --dataset when it is not given (cifar10), told apart from `--dataset cifar10`: `--pairs`
+    then trains on CIFAR-100, the data of its pairs."""
+
+
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog, description="kd-bench: knowledge-distillation benchmark on CIFAR-10/100 "
@@ -42,11 +64,25 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     what.add_argument("--all", action="store_true", help="the paper's Table 1: teacher, student baseline, its 20 "
                       "methods and 4 ensembles (oeckd, ekd, kdfm run when named in --methods)")
     what.add_argument("--methods", type=_csv(str), help="comma-separated method names, instead of --all's 20 (the "
-                      "student baseline is always planned, the teacher when a method distils from it)")
+                      "student baseline is always planned, the teacher when a method distils from it); a+b trains "
+                      "one student with the losses of both")
     what.add_argument("--list", action="store_true", help="list the registered methods and exit")
-    what.add_argument("--dataset", default="cifar10", help="cifar10 (default) or cifar100")
-    what.add_argument("--preset", default="paper", help="paper (default, 200 epochs) or smoke (minutes on CPU)")
-    what.add_argument("--seeds", type=_csv(int), default=[0], help="comma-separated seeds (default 0)")
+    what.add_argument("--dataset", default=_DefaultDataset("cifar10"), help="cifar10 (default; cifar100 with "
+                      "--pairs) or cifar100")
+    what.add_argument("--pairs", help="teacher-student pairs: crd (the 13 of Tian et al., ICLR 2020, Tables 1 and "
+                      "2) or TEACHER:STUDENT[,...]; per pair its teacher, student baseline and every method that "
+                      "can run on it (Table CRD)")
+    what.add_argument("--preset", default="paper", help="paper (default, 200 epochs), smoke (minutes on CPU), or a "
+                      "YAML file with the same keys (a path or a name ending in .yaml, see configs/presets.yaml)")
+    what.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                      help="a method's hyperparameter, typed like its default (see --list), e.g. --set st.T=2 "
+                      "(repeatable; part of the run id); several values sweep, one run each: --set st.T=1,2,4,8; "
+                      "in a combination: --set at+st.at.weight=500")
+    what.add_argument("--plugin", action="append", default=[], metavar="FILE.py|MODULE",
+                      help="import methods from a Python file or module (its Method subclasses with a `name` are "
+                      "registered; repeatable); installed entry points of group kd_bench.methods load by themselves")
+    what.add_argument("--seeds", type=_seeds, default=[0], help="comma-separated seeds or a range: 0,1,2 or "
+                      "0-4 (default 0)")
     what.add_argument("--epochs", type=int, help="override the preset's epochs (teachers included)")
     what.add_argument("--teacher", help="teacher architecture (default from the preset: resnet110)")
     what.add_argument("--student", help="student architecture (default from the preset: resnet20)")
@@ -64,6 +100,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     rep.add_argument("--cifar10-label", help="tables: the results/<label> holding the CIFAR-10 column "
                      "(default: the dataset planned by the other flags)")
     rep.add_argument("--cifar100-label", help="tables: the results/<label> holding the CIFAR-100 column")
+    rep.add_argument("--holm", action="store_true", help="tables: also a paired t-test of every row against the "
+                     "student baseline (same seeds), with Holm's correction over the rows of each column")
     data = p.add_argument_group("data")
     data.add_argument("--data-dir", default=os.environ.get("KDBENCH_DATA", "./datasets"),
                       help="folder with cifar-10-batches-py / cifar-100-python or array files (default "
@@ -86,6 +124,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     ex.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ex.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower on GPU)")
     ex.add_argument("--results-dir", default="results", help="where run folders and summaries live")
+    ex.add_argument("--no-cohort", dest="cohort", action="store_false", help="train each run alone, not in cohorts")
     sl = p.add_argument_group("slurm launcher (settings from the cluster profile, these override it)")
     sl.add_argument("--cluster-profile", help="slurm/profiles/<name>.yaml or a path to such a file "
                     "(see slurm/profiles/example.yaml)")
@@ -116,12 +155,26 @@ def slurm_profile(args) -> dict:
 
 
 def expand_methods(names: list[str] | None) -> list[str] | None:
-    """`--methods` with named sets (`modern` = dkd,dist,lskd,reviewkd) replaced by their members, each once."""
-    from methods.registry import SETS
+    """`--methods` with named sets (`modern` = dkd,dist,lskd,reviewkd) replaced by their members, each once, and
+    combinations (`st+at`) named as their runs record them (`at+st`)."""
+    from methods.registry import SETS, canonical_name
 
     if names is None:
         return None
-    return list(dict.fromkeys(m for name in names for m in SETS.get(name, (name,))))
+    return list(dict.fromkeys(canonical_name(m) for name in names for m in SETS.get(name, (name,))))
+
+
+def register_plugins(args) -> None:
+    """The methods of installed entry points (group kd_bench.methods) and of each --plugin, registered before
+    anything is listed or planned. A broken entry point is reported and skipped; a bad --plugin is an error."""
+    from methods.registry import load_entry_points, load_plugin
+
+    _, problems = load_entry_points()
+    for problem in problems:
+        print(f"warning: {problem}; its method is not available", file=sys.stderr)
+    for target in args.plugin:
+        names = load_plugin(target)
+        print(f"plugin {target}: method(s) {', '.join(names)}", file=sys.stderr)
 
 
 def plan_request(args):
@@ -133,28 +186,42 @@ def plan_request(args):
     if args.methods is not None and not args.methods:
         raise UserError("--methods names no method: give a comma-separated list (see --list)")
     methods = expand_methods(args.methods)
+    pairs = None
+    if getattr(args, "pairs", None):
+        from runner.pairs import parse_pairs
+
+        pairs = parse_pairs(args.pairs)
+        if isinstance(args.dataset, _DefaultDataset):
+            args.dataset = "cifar100"  # the pairs' data set (Tian et al.), unless --dataset says otherwise
     if args.all and methods is not None:
         print(f"--methods given: planning {','.join(methods)} instead of the paper's 20", file=sys.stderr)
-    return PlanRequest(dataset=args.dataset, preset=args.preset, methods=methods,
+    return PlanRequest(dataset=str(args.dataset), preset=args.preset, methods=methods,
                        seeds=args.seeds, epochs=args.epochs, teacher_checkpoint=args.teacher_checkpoint,
                        teacher=args.teacher, student=args.student, synthetic=args.synthetic,
                        train_size=args.train_size, test_size=args.test_size, pad_mode=args.pad_mode,
                        ensembles=[tuple(c) for c in args.ensemble], voting=args.voting,
-                       data_dir=args.data_dir, download=args.download)
+                       data_dir=args.data_dir, download=args.download, sets=list(args.set), pairs=pairs)
 
 
 def cmd_list(args) -> int:
     from methods import ON_REQUEST, REGISTRY, get_method
-    from methods.registry import SETS
+    from methods.registry import SETS, plugin_source
+    from runner.plan import _flat, _show
 
     rows = [(n, get_method(n)) for n in REGISTRY]
     width = max(len(n) for n, _ in rows) + 1
     for name, cls in rows:
+        source = plugin_source(name)
         print(f"{name + ('*' if name in ON_REQUEST else ''):<{width}}  {cls.kind:<9}  {cls.display_name}: "
-              f"{cls.description}  [{cls.citation}]")
+              f"{cls.description}  [{cls.citation}]" + (f"  (plugin {source})" if source else ""))
+        if cls.defaults:
+            print(f"{'':<{width}}  --set " + " ".join(f"{name}.{k}={_show(v, True)}"
+                                                for k, v in _flat(cls.defaults).items()))
     print(f"* not part of --all: run when named, e.g. --methods {','.join(ON_REQUEST)}")
     for name, members in SETS.items():
         print(f"--methods {name} = {','.join(members)}")
+    print("--methods a+b trains one student with the losses of a and b (one run, one row: AT+Soft target for "
+          "at+st); --set at+st.at.weight=500 sets a component's hyperparameter")
     return 0
 
 
@@ -259,14 +326,23 @@ def _labels(args) -> dict:
 
 
 def cmd_table(args) -> int:
+    from methods.registry import SETS
     from report.collect import measurement_rows, run_rows
+    from report.table_m import write_table_m
     from report.tables import write_tables
 
     labels = _labels(args)
     out = Path(args.results_dir) / "tables"
-    paths = write_tables(run_rows(args.results_dir), measurement_rows(args.results_dir), labels, out, args.select)
+    summary = run_rows(args.results_dir)
+    paths = write_tables(summary, measurement_rows(args.results_dir), labels, out, args.select, holm=args.holm)
+    if summary["method"].isin(SETS["modern"]).any():  # Table M: the paper's 20 beside the later methods
+        paths += write_table_m(summary, labels, out, args.select)
     for path in paths:
         print(f"wrote {path}")
+    if getattr(args, "pairs", None):  # Table CRD: the pairs' runs, on the pairs' data set
+        from report.table_crd import write_table_crd
+        dataset = "cifar100" if isinstance(args.dataset, _DefaultDataset) else args.dataset
+        paths += write_table_crd(run_rows(args.results_dir), labels.get(dataset), out, args.select)
     table1 = next((p for p in paths if Path(p).name == "table1.md"), None)
     if table1:
         print(Path(table1).read_text())
@@ -330,7 +406,7 @@ def launch_options(args):
 
     profile = slurm_profile(args) if args.launcher == "slurm" else {}
     return LaunchOptions(workers=args.workers, gpus=args.gpus, runs_per_gpu=args.runs_per_gpu, profile=profile,
-                         wait=args.wait)
+                         wait=args.wait, cohort=args.cohort)
 
 
 def cmd_run(args) -> int:
@@ -393,6 +469,7 @@ def main(argv=None) -> int:
     if args.list:
         args.command = "list"
     try:
+        register_plugins(args)
         check_args(args)
         commands = {"run": cmd_run, "status": cmd_status, "collect": cmd_collect, "list": cmd_list,
                     "measure": cmd_measure, "table": cmd_table, "plot": cmd_plot, "cancel": cmd_cancel}

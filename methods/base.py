@@ -178,7 +178,16 @@ class Method:
             self.teacher.eval()
 
     # ---- training -----------------------------------------------------------------------------------------
+    # A cohort (runner/cohort.py) trains several runs over one batch stream and sets this to a per-batch cache
+    # of the teacher's forward: called with (method, x), it returns the teacher's (no_grad, eval) output on `x`
+    # when `x` is the batch it holds, else None. A separate run has none.
+    teacher_cache = None
+
     def teacher_forward(self, x):
+        if self.teacher_cache is not None:
+            out = self.teacher_cache(self, x)
+            if out is not None:
+                return out
         with torch.no_grad():
             return self.teacher(x)
 

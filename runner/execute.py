@@ -34,48 +34,84 @@ def execute(spec: RunSpec, env: RunEnv, info: dict | None = None, retries: int =
     if not claim.acquire():
         env.log(f"[{spec.run_id}] busy: executed by {describe_claim(claim.holder)}")
         return {"status": "busy", "run_id": spec.run_id, "holder": claim.holder}
+    try:
+        return execute_claimed(spec, env, info, retries, claim)
+    finally:
+        claim.release()
 
+
+def execute_claimed(spec: RunSpec, env: RunEnv, info: dict | None, retries: int, claim: Claim) -> dict:
+    """`execute` for a run whose claim this process holds already (runner/cohort.py retries a member this way)."""
+    folder = RunFolder(env.results_dir, spec.run_id)
+    note = run_note(spec, env, folder)
+    open_folder(folder, note)
+    while True:
+        reopen_failed(folder, note)
+        try:
+            return get_kind(spec.kind).execute(spec, env, info or {}, claim)
+        except UserError:
+            raise
+        except ClaimLost as e:
+            return lost_record(spec, env, folder, e)
+        except (Diverged, Exception) as e:
+            record = record_failure(spec, env, info, folder, note, e, retries)
+            if record is not None:
+                return record
+
+
+# ---- the pieces of `execute`, shared with runner/cohort.py (a cohort member fails and is recorded as a run) ----
+def run_note(spec: RunSpec, env: RunEnv, folder: RunFolder):
+    """A function writing one line to the run's log (and the env's)."""
     def note(msg: str) -> None:
         env.log(f"[{spec.run_id} {spec.what}] {msg}")
         with open(folder.log, "a") as f:
             f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + msg + "\n")
+    return note
 
+
+def open_folder(folder: RunFolder, note) -> None:
+    """Before the first attempt of a claimed run: temporaries of killed writers go, a damaged final.json is said."""
+    folder.clean_temporaries()
+    problem = folder.final_problem()
+    if problem:
+        note(f"{problem}: not trusted, the run continues from its last good checkpoint")
+
+
+def reopen_failed(folder: RunFolder, note) -> None:
+    """Before each attempt: a FAILED run running again is PARTIAL, not FAILED (failures.json keeps the count)."""
+    previous = folder.read_final()
+    if previous is not None and previous.get("status") == "failed":
+        folder.final.unlink()
+        note(f"trying again after {len(folder.read_failures())} failure(s); last: {previous.get('error')}")
+
+
+def lost_record(spec: RunSpec, env: RunEnv, folder: RunFolder, error: ClaimLost) -> dict:
+    """The run was taken over by another process: stop, write nothing more."""
+    env.log(f"[{spec.run_id}] stopped: {error}")
+    return {"status": "busy", "run_id": spec.run_id, "holder": read_claim(folder.path)}
+
+
+def record_failure(spec: RunSpec, env: RunEnv, info: dict | None, folder: RunFolder, note, error: BaseException,
+                   retries: int) -> dict | None:
+    """Record a failed attempt (call it inside the `except` block: the log gets the traceback). Returns the run's
+    record, or None when it may be tried again now (a crash with failures so far at most `retries`)."""
+    machine = environment_problem(error)
+    if machine is not None:
+        return _environment_failure(spec, folder, note, machine, error)
+    reason = str(error) if isinstance(error, Diverged) else f"{type(error).__name__}: {error}"
+    retryable = not isinstance(error, Diverged)
+    if not folder.path.exists():
+        return {"status": "failed", "run_id": spec.run_id, "error": reason}
     try:
-        folder.clean_temporaries()
-        problem = folder.final_problem()
-        if problem:
-            note(f"{problem}: not trusted, the run continues from its last good checkpoint")
-        while True:
-            previous = folder.read_final()
-            if previous is not None and previous.get("status") == "failed":
-                folder.final.unlink()  # running again: PARTIAL, not FAILED (failures.json keeps the count)
-                note(f"trying again after {len(folder.read_failures())} failure(s); last: {previous.get('error')}")
-            try:
-                return get_kind(spec.kind).execute(spec, env, info or {}, claim)
-            except UserError:
-                raise
-            except ClaimLost as e:
-                env.log(f"[{spec.run_id}] stopped: {e}")
-                return {"status": "busy", "run_id": spec.run_id, "holder": read_claim(folder.path)}
-            except (Diverged, Exception) as e:
-                machine = environment_problem(e)
-                if machine is not None:
-                    return _environment_failure(spec, folder, note, machine, e)
-                reason = str(e) if isinstance(e, Diverged) else f"{type(e).__name__}: {e}"
-                retryable = not isinstance(e, Diverged)
-                if not folder.path.exists():
-                    return {"status": "failed", "run_id": spec.run_id, "error": reason}
-                try:
-                    if not folder.spec_json.exists():  # failed before its kind recorded the spec: record it, so
-                        folder.write_spec(spec, info or {})  # that status and collect show the failure
-                    record = _record_failure(spec, folder, note, reason, retryable)
-                except OSError as write_error:  # e.g. the disk filled up: the failure cannot even be written
-                    return _environment_failure(spec, folder, note, environment_problem(write_error) or
-                                                f"cannot write to {folder.path}", write_error)
-                if not retryable or record["failures"] > retries:
-                    return record
-    finally:
-        claim.release()
+        if not folder.spec_json.exists():  # failed before its kind recorded the spec: record it, so
+            folder.write_spec(spec, info or {})  # that status and collect show the failure
+        record = _record_failure(spec, folder, note, reason, retryable)
+    except OSError as write_error:  # e.g. the disk filled up: the failure cannot even be written
+        return _environment_failure(spec, folder, note, environment_problem(write_error) or
+                                    f"cannot write to {folder.path}", write_error)
+    if not retryable or record["failures"] > retries:
+        return record
+    return None
 
 
 def _record_failure(spec: RunSpec, folder: RunFolder, note, reason: str, retryable: bool) -> dict:

@@ -4,8 +4,13 @@ Each kind is a module with
     execute(spec, env, info, claim) -> final record   (train, resume, or return the record of a DONE run)
     remeasure(folder, spec, info, final, env) -> [measurement records]   (time it again on this machine)
 and a spec says its kind (`RunSpec.kind`), so nothing dispatches on a method name. Modules are imported on
-first use, like methods, so a launcher that only plans never imports torch-heavy code it does not need. A
-cohort execution mode would be one more entry here.
+first use, like methods, so a launcher that only plans never imports torch-heavy code it does not need.
+
+Execution modes execute several runs together without being a kind of result: every run keeps its kind, folder,
+id and records. Each is a module with
+    execute(specs, env, infos, retries) -> [final record per spec]
+`cohort` (runner/cohort.py) trains the runs that share data, seed, teacher and protocol over one batch stream with
+one teacher forward per batch.
 """
 from __future__ import annotations
 
@@ -25,8 +30,17 @@ KINDS: dict[str, str] = {
 assert tuple(KINDS) == RUN_KINDS, "every kind a spec may name has a module, and no other"
 
 
+MODES: dict[str, str] = {
+    "cohort": "runner.cohort",
+}
+
+
 def get_kind(name: str) -> ModuleType:
     return importlib.import_module(KINDS[name])
+
+
+def get_mode(name: str) -> ModuleType:
+    return importlib.import_module(MODES[name])
 
 
 def remeasure(folder: RunFolder, env: RunEnv) -> dict | None:

@@ -210,6 +210,10 @@ class Run:
         self.folder = RunFolder(env.results_dir, spec.run_id)
         self.info = dict(info or {})
         self.device = torch.device(env.device)
+        # the batch streams: built by `_build` unless given before (a cohort shares one pair among its members);
+        # they hold no state, so a rebuild after an unusable checkpoint keeps them
+        self.train_loader: TrainLoader | None = None
+        self.test_loader: EvalLoader | None = None
 
     def log(self, msg: str) -> None:
         line = f"[{self.spec.run_id} {self.spec.method}] {msg}"
@@ -250,10 +254,11 @@ class Run:
                       epochs=spec.protocol.epochs, generator=gen, extra_teachers=extra_teachers)
         probe = next(iter(EvalLoader(test, 2, *norm, device=self.device))).x
         method = build_method(spec.method, spec.hparams, student, teacher, ctx, probe)
-        p = spec.protocol
-        self.train_loader = TrainLoader(train, p.batch_size, *norm, seed=spec.seed, device=self.device,
-                                        padding=p.padding, pad_mode=p.pad_mode, flip=p.flip)
-        self.test_loader = EvalLoader(test, self.env.test_batch_size, *norm, device=self.device)
+        if self.train_loader is None:
+            p = spec.protocol
+            self.train_loader = TrainLoader(train, p.batch_size, *norm, seed=spec.seed, device=self.device,
+                                            padding=p.padding, pad_mode=p.pad_mode, flip=p.flip)
+            self.test_loader = EvalLoader(test, self.env.test_batch_size, *norm, device=self.device)
         self.norm = norm
         self.method = method
 
@@ -319,24 +324,13 @@ class Run:
                       "rng": _rng_state(self.method)}, self.folder.ckpt)
         write_atomic(self.folder.epochs, "".join(json.dumps(r) + "\n" for r in rows).encode())
 
-    def _train_epoch(self, epoch, total, stage, stage_epoch, optimizer) -> tuple[dict, float]:
-        method = self.method
-        method.train(True)
-        sums, seen = {}, 0
-        info = StepInfo(epoch, total, stage, stage_epoch)
-        for step, batch in enumerate(self.train_loader.epoch(epoch)):
-            info.step = step
-            losses = method.train_step(batch, info, optimizer)
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + v
-            seen += len(batch.y)
-        means = {k: float(v) / len(self.train_loader) for k, v in sums.items()}
-        bad = {k: v for k, v in means.items() if not np.isfinite(v)}
-        if bad:
-            raise Diverged(f"loss diverged at epoch {epoch + 1}: {bad}")
-        return means, seen
+    # One epoch in three steps, so that a cohort (runner/cohort.py) can drive the epochs of several runs over one
+    # batch stream: `begin_epoch`, `train_batch` for every batch of `train_loader.epoch(self.epoch)`, `end_epoch`.
+    # A separate run does exactly the same through `run_epoch`.
 
-    def execute(self) -> dict:
+    def prepare(self) -> dict | None:
+        """Record the spec; return the record of a DONE run, or build, resume and return None: then `epoch`
+        (epochs done), `total` and `rows` say where the run is."""
         spec = self.spec
         self.info = self.folder.write_spec(spec, self.info)
         done = self.folder.read_final()
@@ -344,49 +338,102 @@ class Run:
             return done
         set_deterministic(self.env.deterministic)
         self._build()
-        stages = self.method.stages(spec.protocol)
-        starts = np.cumsum([0] + [s.epochs for s in stages]).tolist()
-        total = starts[-1]
-        epoch, rows, opt_state = self._resume()
-        if rows and len(self.folder.read_epochs()) != len(rows):
+        self.stages = self.method.stages(spec.protocol)
+        self.starts = np.cumsum([0] + [s.epochs for s in self.stages]).tolist()
+        self.total = self.starts[-1]
+        self.epoch, self.rows, self._opt_state = self._resume()
+        if self.rows and len(self.folder.read_epochs()) != len(self.rows):
             # killed between the checkpoint and the epoch log: the checkpoint's rows are the truth
-            write_atomic(self.folder.epochs, "".join(json.dumps(r) + "\n" for r in rows).encode())
-        optimizer, opt_stage = None, None
-        self.log(f"training {spec.student} on {spec.data.label}: {total} epochs in stages "
-                 f"{[(s.name, s.epochs) for s in stages]}")
-        while epoch < total:
-            si = max(i for i in range(len(stages)) if starts[i] <= epoch)
-            stage, stage_epoch = stages[si], epoch - starts[si]
-            if opt_stage != si:
-                optimizer = make_optimizer(self.method.stage_parameters(stage), spec.protocol, stage)
-                if opt_state is not None and stage_epoch > 0:
-                    optimizer.load_state_dict(opt_state)
-                opt_state, opt_stage = None, si
-            lr = stage.lr_at(stage_epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            t0 = time.perf_counter()
-            losses, _ = self._train_epoch(epoch, total, stage, stage_epoch, optimizer)
-            train_time = time.perf_counter() - t0
-            test = evaluate(self.method.eval_model(), self.test_loader)
-            row = {"epoch": epoch + 1, "stage": stage.name, "lr": lr, "losses": losses, "test": test,
-                   "train_time": round(train_time, 3)}
-            if self.claim is not None:
-                self.claim.check()  # taken over while this process was frozen: stop, write nothing more
-            members = self.method.member_models()
-            if members:
-                row["members"] = {k: evaluate(m, self.test_loader) for k, m in members.items()}
-            if not rows or test["top1"] > max(r["test"]["top1"] for r in rows):
-                # the best-epoch weights, for ensembles of best-epoch members (written before the checkpoint:
-                # a crash in between redoes this epoch and rewrites the same file)
-                self._save_model(self.folder.best_model)
-            rows.append(row)
-            epoch += 1
-            self._save(epoch, rows, optimizer)
-            loss_txt = " ".join(f"{k}={v:.4g}" for k, v in losses.items())
-            self.log(f"epoch {epoch}/{total} [{stage.name}] lr={lr:g} {loss_txt} top1={test['top1']:.2f} "
-                     f"({train_time:.1f}s)")
-        return self._finish(rows)
+            write_atomic(self.folder.epochs, "".join(json.dumps(r) + "\n" for r in self.rows).encode())
+        self.optimizer, self._opt_stage = None, None
+        self.log(f"training {spec.student} on {spec.data.label}: {self.total} epochs in stages "
+                 f"{[(s.name, s.epochs) for s in self.stages]}")
+        return None
+
+    def begin_epoch(self) -> None:
+        """The optimiser of epoch `self.epoch`'s stage (a new one at a stage switch, the checkpoint's state
+        loaded when resuming inside a stage), its learning rate, the method in train mode."""
+        si = max(i for i in range(len(self.stages)) if self.starts[i] <= self.epoch)
+        stage, stage_epoch = self.stages[si], self.epoch - self.starts[si]
+        if self._opt_stage != si:
+            self.optimizer = make_optimizer(self.method.stage_parameters(stage), self.spec.protocol, stage)
+            if self._opt_state is not None and stage_epoch > 0:
+                self.optimizer.load_state_dict(self._opt_state)
+            self._opt_state, self._opt_stage = None, si
+        self.lr = stage.lr_at(stage_epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+        self.step_info = StepInfo(self.epoch, self.total, stage, stage_epoch)
+        self._sums = {}
+        self.method.train(True)
+
+    def train_batch(self, step: int, batch) -> None:
+        """One update on one batch of `train_loader.epoch(self.epoch)`."""
+        self.step_info.step = step
+        losses = self.method.train_step(batch, self.step_info, self.optimizer)
+        for k, v in losses.items():
+            self._sums[k] = self._sums.get(k, 0.0) + v
+
+    def _train_epoch(self, epoch, total, stage, stage_epoch, optimizer) -> tuple[dict, int]:
+        """A separate run's epoch, set up by `begin_epoch` (whose epoch, stage and optimiser these are): every batch
+        of the epoch's stream, then the mean losses and the number of samples seen."""
+        seen = 0
+        for step, batch in enumerate(self.train_loader.epoch(epoch)):
+            self.train_batch(step, batch)
+            seen += len(batch.y)
+        return self.epoch_losses(), seen
+
+    def epoch_losses(self) -> dict:
+        """The mean of each loss over the epoch's batches; Diverged if one is not finite (nothing of the epoch is
+        saved then)."""
+        means = {k: float(v) / len(self.train_loader) for k, v in self._sums.items()}
+        bad = {k: v for k, v in means.items() if not np.isfinite(v)}
+        if bad:
+            raise Diverged(f"loss diverged at epoch {self.epoch + 1}: {bad}")
+        return means
+
+    def end_epoch(self, train_time: float, means: dict | None = None) -> None:
+        """The epoch's mean losses (`epoch_losses` unless given), evaluation, best-epoch weights, checkpoint and
+        epoch log."""
+        if means is None:
+            means = self.epoch_losses()
+        stage, lr, rows = self.step_info.stage, self.lr, self.rows
+        test = evaluate(self.method.eval_model(), self.test_loader)
+        row = {"epoch": self.epoch + 1, "stage": stage.name, "lr": lr, "losses": means, "test": test,
+               "train_time": round(train_time, 3)}
+        if self.claim is not None:
+            self.claim.check()  # taken over while this process was frozen: stop, write nothing more
+        members = self.method.member_models()
+        if members:
+            row["members"] = {k: evaluate(m, self.test_loader) for k, m in members.items()}
+        if not rows or test["top1"] > max(r["test"]["top1"] for r in rows):
+            # the best-epoch weights, for ensembles of best-epoch members (written before the checkpoint:
+            # a crash in between redoes this epoch and rewrites the same file)
+            self._save_model(self.folder.best_model)
+        rows.append(row)
+        self.epoch += 1
+        self._save(self.epoch, rows, self.optimizer)
+        loss_txt = " ".join(f"{k}={v:.4g}" for k, v in means.items())
+        self.log(f"epoch {self.epoch}/{self.total} [{stage.name}] lr={lr:g} {loss_txt} top1={test['top1']:.2f} "
+                 f"({train_time:.1f}s)")
+
+    def run_epoch(self) -> None:
+        self.begin_epoch()
+        info = self.step_info
+        t0 = time.perf_counter()
+        means, _ = self._train_epoch(self.epoch, self.total, info.stage, info.stage_epoch, self.optimizer)
+        self.end_epoch(time.perf_counter() - t0, means)
+
+    def finish(self) -> dict:
+        return self._finish(self.rows)
+
+    def execute(self) -> dict:
+        done = self.prepare()
+        if done is not None:
+            return done
+        while self.epoch < self.total:
+            self.run_epoch()
+        return self.finish()
 
     def _save_model(self, path: Path) -> None:
         save_model(self.method.eval_model(), self.spec.student, self.method.ctx.num_classes, self.norm, path)

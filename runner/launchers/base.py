@@ -5,6 +5,10 @@ it starts once every run it depends on is DONE, so a student starts as soon as i
 every teacher is. A run whose dependency failed (and will not be retried) is skipped and reported. A failed run
 is tried again while its failures number at most `retries`. A run claimed by another process (a second sweep on
 the same results folder) is left to it. Launchers differ only in where runs execute.
+
+With `LaunchOptions.cohort` (the default; `--no-cohort` turns it off) the runs that are ready together are
+grouped into jobs (`jobs`): the runs of one stage that share data, seed, teacher run and protocol train as one
+cohort (runner/cohort.py: one process, one batch stream, one teacher forward per batch), every other run alone.
 """
 from __future__ import annotations
 
@@ -14,7 +18,9 @@ from dataclasses import dataclass, field
 from ..claims import claim_alive
 from ..claims import describe as describe_claim
 from ..env import RunEnv
+from ..execute import execute
 from ..folder import RunFolder, State
+from ..kinds import get_mode
 from ..plan import PlannedRun
 
 DEFAULT_RETRIES = 1
@@ -29,6 +35,7 @@ class LaunchOptions:
     runs_per_gpu: int = 1               # local: runs packed on one GPU
     profile: dict = field(default_factory=dict)  # slurm: the cluster profile with overrides applied
     wait: bool = False                  # slurm: stay until the jobs end
+    cohort: bool = True                 # all: runs sharing data, seed, teacher and protocol train as one cohort
 
 
 class Launcher(ABC):
@@ -103,6 +110,39 @@ def flatten(stages: list[list[PlannedRun]]) -> list[PlannedRun]:
                 seen.add(run.run_id)
                 runs.append(run)
     return runs
+
+
+def stage_index(stages: list[list[PlannedRun]]) -> dict[str, int]:
+    """Run id -> the index of the first stage that holds it."""
+    index = {}
+    for i, stage in enumerate(stages):
+        for run in stage:
+            index.setdefault(run.run_id, i)
+    return index
+
+
+def jobs(ready: list[PlannedRun], stage_of: dict[str, int], cohort: bool) -> list[list[PlannedRun]]:
+    """What executes runs that are ready together: with `cohort`, one job per cohort (the runs of one stage that
+    share data, seed, teacher run and protocol and whose method trains in a cohort, when at least two do) and
+    one per other run; without, one per run. In the order of `ready`."""
+    if not cohort:
+        return [[run] for run in ready]
+    return get_mode("cohort").group(ready, lambda run: stage_of.get(run.run_id, 0))
+
+
+def execute_job(job: list[PlannedRun], env: RunEnv, retries: int) -> list[dict]:
+    """Execute one job here: a run alone (runner.execute) or a cohort; one record per run, in order."""
+    if len(job) == 1:
+        return [execute(job[0].spec, env, job[0].info, retries=retries)]
+    return get_mode("cohort").execute([r.spec for r in job], env, [r.info for r in job], retries)
+
+
+def describe_job(job: list[PlannedRun]) -> str:
+    if len(job) == 1:
+        return job[0].spec.describe()
+    first = job[0].spec
+    return (f"cohort of {len(job)} on {first.data.label} seed={first.seed}: "
+            + ", ".join(f"{r.spec.what} [{r.run_id}]" for r in job))
 
 
 def report_skip(env: RunEnv, run: PlannedRun, record: dict) -> None:

@@ -5,7 +5,8 @@ import time
 
 from ..execute import execute
 from ..plan import PlannedRun
-from .base import Launcher, decide, flatten, log_waiting, report_skip
+from .base import (Launcher, decide, describe_job, execute_job, flatten, jobs, log_waiting, report_skip,
+                   stage_index)
 
 POLL_S = 2.0  # how often to look at runs held by other processes
 
@@ -16,10 +17,13 @@ class DebugLauncher(Launcher):
     def launch(self, stages: list[list[PlannedRun]]) -> list[dict]:
         env = self.env
         queue, records, said = flatten(stages), [], set()
+        stage_of, cohort = stage_index(stages), self.options.cohort
         while queue:
             progressed = False
+            ready = []  # with cohorts: the runs that may run now, executed together after this pass
             for run in list(queue):
-                decision = decide(run, env.results_dir, self.retries, {r.run_id for r in queue} - {run.run_id})
+                pending = {r.run_id for r in queue} | {r.run_id for r in ready}
+                decision = decide(run, env.results_dir, self.retries, pending - {run.run_id})
                 if decision.action == "wait":
                     continue
                 queue.remove(run)
@@ -28,11 +32,22 @@ class DebugLauncher(Launcher):
                     report_skip(env, run, decision.record)
                     records.append(decision.record)
                     continue
+                if cohort:
+                    ready.append(run)
+                    continue
                 record = execute(run.spec, env, run.info, retries=self.retries)
                 if record["status"] == "busy":  # claimed elsewhere between the check and the claim
                     queue.append(run)
                 else:
                     records.append(record)
+            for job in jobs(ready, stage_of, cohort):
+                if len(job) > 1:
+                    env.log(f"start {describe_job(job)}")
+                for run, record in zip(job, execute_job(job, env, self.retries)):
+                    if record["status"] == "busy":
+                        queue.append(run)
+                    else:
+                        records.append(record)
             if queue and not progressed:
                 log_waiting(env, queue, said)
                 time.sleep(POLL_S)

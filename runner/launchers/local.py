@@ -13,9 +13,10 @@ from core.errors import UserError
 
 from ..env import RunEnv
 from ..execute import execute
+from ..kinds import get_mode
 from ..plan import PlannedRun
 from ..spec import RunSpec
-from .base import Launcher, decide, flatten, log_waiting, report_skip
+from .base import Launcher, decide, describe_job, flatten, jobs, log_waiting, report_skip, stage_index
 
 POLL_S = 2.0  # how often to look at runs held by other processes
 
@@ -24,9 +25,12 @@ def _child(conn, spec_dict: dict, info: dict, env_fields: dict, threads: int, re
     """Body of a run's own process. Its outcome is also in the run folder; the pipe only carries the record."""
     import torch
 
+    from methods.registry import load_plugins
+
     torch.set_num_threads(threads)
     env = RunEnv(**env_fields)
     try:
+        load_plugins(info.get("plugins"))  # the plugins its method comes from, as planned (sha256 checked)
         record = execute(RunSpec.from_dict(spec_dict), env, info, retries=retries)
     except UserError as e:
         record = {"status": "failed", "run_id": RunSpec.from_dict(spec_dict).run_id, "error": str(e)}
@@ -36,6 +40,25 @@ def _child(conn, spec_dict: dict, info: dict, env_fields: dict, threads: int, re
     conn.close()
     # everything the run wrote is fsync'ed already; skipping the interpreter's teardown (torch's thread pools
     # and static destructors) saves about 2 s per run
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _child_cohort(conn, spec_dicts: list[dict], infos: list[dict], env_fields: dict, threads: int,
+                  retries: int) -> None:
+    """Body of a cohort's own process (runner/cohort.py): sends one record per run."""
+    import torch
+
+    torch.set_num_threads(threads)
+    env = RunEnv(**env_fields)
+    specs = [RunSpec.from_dict(d) for d in spec_dicts]
+    try:
+        records = get_mode("cohort").execute(specs, env, infos, retries, raise_user_errors=False)
+    except KeyboardInterrupt:
+        os._exit(130)
+    conn.send(records)
+    conn.close()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
@@ -70,10 +93,10 @@ class LocalLauncher(Launcher):
 
     def launch(self, stages: list[list[PlannedRun]]) -> list[dict]:
         o = self.options
-        return _launch(stages, self.env, o.workers, o.gpus, o.runs_per_gpu, self.retries)
+        return _launch(stages, self.env, o.workers, o.gpus, o.runs_per_gpu, self.retries, o.cohort)
 
 
-def _launch(stages, env: RunEnv, workers, gpus, runs_per_gpu, retries) -> list[dict]:
+def _launch(stages, env: RunEnv, workers, gpus, runs_per_gpu, retries, cohort: bool = False) -> list[dict]:
     slots, device, threads = _slots(env, workers, gpus, runs_per_gpu)
     free = list(slots)
     env_fields = {**env.fields(), "device": device}
@@ -81,13 +104,41 @@ def _launch(stages, env: RunEnv, workers, gpus, runs_per_gpu, retries) -> list[d
             f"{threads} thread(s) each")
     ctx = mp.get_context("spawn")
     queue, records, said = flatten(stages), [], set()
-    running: dict = {}  # sentinel -> (run, process, connection, slot)
+    stage_of = stage_index(stages)
+    running: dict = {}  # sentinel -> (job: the runs it executes, process, connection, slot)
+
+    def start(job: list[PlannedRun]) -> None:
+        slot = free.pop(0)
+        receiver, sender = ctx.Pipe(duplex=False)
+        if len(job) == 1:
+            run = job[0]
+            proc = ctx.Process(target=_child, name=f"run-{run.run_id}",
+                               args=(sender, run.spec.to_dict(), run.info, env_fields, threads, retries))
+        else:
+            proc = ctx.Process(target=_child_cohort, name=f"cohort-{job[0].run_id}",
+                               args=(sender, [r.spec.to_dict() for r in job], [r.info for r in job], env_fields,
+                                     threads, retries))
+        saved = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if slot is not None:  # a spawned child takes its environment from ours at start
+            os.environ["CUDA_VISIBLE_DEVICES"] = str(slot)
+        try:
+            proc.start()
+        finally:
+            if slot is not None:
+                if saved is None:
+                    os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+                else:
+                    os.environ["CUDA_VISIBLE_DEVICES"] = saved
+        sender.close()
+        running[proc.sentinel] = (job, proc, receiver, slot)
+        env.log(f"start {describe_job(job)}" + (f" on GPU {slot}" if slot is not None else ""))
+
     try:
         while queue or running:
-            in_flight = {r.run_id for r in queue} | {v[0].run_id for v in running.values()}
-            waiting = []
+            in_flight = {r.run_id for r in queue} | {r.run_id for v in running.values() for r in v[0]}
+            waiting, ready = [], []
             for run in list(queue):
-                if not free:
+                if not free and not cohort:
                     break
                 decision = decide(run, env.results_dir, retries, in_flight - {run.run_id})
                 if decision.action == "wait":
@@ -98,48 +149,45 @@ def _launch(stages, env: RunEnv, workers, gpus, runs_per_gpu, retries) -> list[d
                     report_skip(env, run, decision.record)
                     records.append(decision.record)
                     continue
-                slot = free.pop(0)
-                receiver, sender = ctx.Pipe(duplex=False)
-                proc = ctx.Process(target=_child, name=f"run-{run.run_id}",
-                                   args=(sender, run.spec.to_dict(), run.info, env_fields, threads, retries))
-                saved = os.environ.get("CUDA_VISIBLE_DEVICES")
-                if slot is not None:  # a spawned child takes its environment from ours at start
-                    os.environ["CUDA_VISIBLE_DEVICES"] = str(slot)
-                try:
-                    proc.start()
-                finally:
-                    if slot is not None:
-                        if saved is None:
-                            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-                        else:
-                            os.environ["CUDA_VISIBLE_DEVICES"] = saved
-                sender.close()
-                running[proc.sentinel] = (run, proc, receiver, slot)
-                env.log(f"start {run.spec.describe()}" + (f" on GPU {slot}" if slot is not None else ""))
+                if cohort:
+                    ready.append(run)  # grouped into jobs below
+                    continue
+                start([run])
+            unstarted = []
+            for job in jobs(ready, stage_of, cohort):
+                if free:
+                    start(job)
+                else:
+                    unstarted.extend(job)
+            queue[:0] = unstarted  # no slot free: decided again at the next pass
             if not running:
                 if queue:
                     log_waiting(env, waiting or queue, said)
                     time.sleep(POLL_S)
                 continue
-            ready = mp.connection.wait(list(running), timeout=POLL_S if waiting else None)
-            for sentinel in ready:
-                run, proc, receiver, slot = running.pop(sentinel)
+            # nothing can start before a process ends unless a slot is free and a run waits on another process
+            ready_procs = mp.connection.wait(list(running), timeout=POLL_S if waiting and free else None)
+            for sentinel in ready_procs:
+                job, proc, receiver, slot = running.pop(sentinel)
                 proc.join()
                 free.append(slot)
                 try:
-                    record = receiver.recv() if receiver.poll() else None
+                    got = receiver.recv() if receiver.poll() else None
                 except (EOFError, OSError):  # it died before sending anything
-                    record = None
+                    got = None
                 receiver.close()
-                if record is None:  # the process died (killed, out of memory, segfault): resumable
-                    record = {"status": "crashed", "run_id": run.run_id,
-                              "error": f"its process exited with code {proc.exitcode}; the run resumes from its "
-                                       "last checkpoint next time"}
-                if record["status"] == "busy":
-                    queue.append(run)
-                    continue
-                env.log(f"{record['status']}: {run.spec.describe()}")
-                records.append(record)
+                if got is None:  # the process died (killed, out of memory, segfault): resumable
+                    got = [{"status": "crashed", "run_id": run.run_id,
+                            "error": f"its process exited with code {proc.exitcode}; the run resumes from its "
+                                     "last checkpoint next time"} for run in job]
+                elif isinstance(got, dict):
+                    got = [got]
+                for run, record in zip(job, got):
+                    if record["status"] == "busy":
+                        queue.append(run)
+                        continue
+                    env.log(f"{record['status']}: {run.spec.describe()}")
+                    records.append(record)
     except KeyboardInterrupt:
         env.log("interrupted: stopping every run; partial runs resume from their checkpoints next time")
         _stop_all([v[1] for v in running.values()])

@@ -1,4 +1,5 @@
-"""What a SLURM job runs: one run, resumable across requeues (submitit's checkpoint-and-requeue pattern)."""
+"""What a SLURM job runs: one run, or one cohort of runs (runner/cohort.py), resumable across requeues (submitit's
+checkpoint-and-requeue pattern)."""
 from __future__ import annotations
 
 import contextlib
@@ -11,6 +12,7 @@ from submitit.helpers import Checkpointable, DelayedSubmission
 from ..env import RunEnv
 from ..execute import execute
 from ..folder import RunFolder
+from ..kinds import get_mode
 
 class SlurmRun(Checkpointable):
     """One run inside a SLURM job. Its state is only the path of the run's spec.json (plus how to execute it):
@@ -29,6 +31,9 @@ class SlurmRun(Checkpointable):
         cpus = os.environ.get("SLURM_CPUS_PER_TASK")
         torch.set_num_threads(int(cpus) if cpus else len(os.sched_getaffinity(0)))
         spec, info = folder.read_spec()
+        from methods.registry import load_plugins
+
+        load_plugins(info.get("plugins"))  # the plugins its method comes from, as planned (sha256 checked)
         env = RunEnv(**self.env_fields, log=lambda msg: print(msg, flush=True))
         restart = os.environ.get("SLURM_RESTART_COUNT", "0")
         print(f"kd-bench: run {spec.run_id} in SLURM job {_job_id()} (restart {restart}), "
@@ -50,6 +55,53 @@ class SlurmRun(Checkpointable):
         run writes at every epoch; the requeued job starts this same object again."""
         print(f"kd-bench: job {_job_id()} is being requeued; {self.spec_path} resumes from its checkpoint",
               flush=True)
+        return DelayedSubmission(self, *args, **kwargs)
+
+
+class SlurmCohort(Checkpointable):
+    """One cohort inside a SLURM job: its state is only the paths of its runs' spec.json files, so a requeued job
+    executes the cohort again and every member resumes from its own ckpt.pt (a DONE member is skipped).
+
+    The job fails only if no member ends DONE: a member that failed is recorded FAILED in its own folder, and the
+    jobs depending on this one (ensembles) still run for the members that are done."""
+
+    def __init__(self, spec_paths: list[str], env_fields: dict, retries: int):
+        self.spec_paths = list(spec_paths)
+        self.env_fields = env_fields
+        self.retries = retries
+
+    def __call__(self) -> list[dict]:
+        import torch
+
+        folders = [RunFolder(Path(p).parents[2], Path(p).parent.name) for p in self.spec_paths]
+        for folder in folders:
+            _link_job_logs(folder)
+        cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+        torch.set_num_threads(int(cpus) if cpus else len(os.sched_getaffinity(0)))
+        specs, infos = zip(*(folder.read_spec() for folder in folders))
+        env = RunEnv(**self.env_fields, log=lambda msg: print(msg, flush=True))
+        restart = os.environ.get("SLURM_RESTART_COUNT", "0")
+        print(f"kd-bench: cohort of {len(specs)} runs ({', '.join(s.run_id for s in specs)}) in SLURM job "
+              f"{_job_id()} (restart {restart}), {torch.get_num_threads()} thread(s), device {env.device}",
+              flush=True)
+        cohort = get_mode("cohort")
+        records = {s.run_id: None for s in specs}
+        todo = list(range(len(specs)))
+        while todo:
+            got = cohort.execute([specs[i] for i in todo], env, [infos[i] for i in todo], self.retries)
+            for i, record in zip(todo, got):
+                records[specs[i].run_id] = record
+            todo = [i for i in todo if records[specs[i].run_id]["status"] == "busy"]
+            if todo:  # another launcher runs them: again until done there, or their holder is gone
+                time.sleep(10)
+        if not any(r["status"] == "done" for r in records.values()):
+            raise RuntimeError("no run of the cohort is done: " + "; ".join(
+                f"{rid} {r['status']}: {r.get('error')}" for rid, r in records.items()))
+        return list(records.values())
+
+    def checkpoint(self, *args, **kwargs) -> DelayedSubmission:
+        print(f"kd-bench: job {_job_id()} is being requeued; the cohort's {len(self.spec_paths)} runs resume from "
+              "their checkpoints", flush=True)
         return DelayedSubmission(self, *args, **kwargs)
 
 

@@ -1,4 +1,9 @@
-"""The `slurm` launcher: submits the plan's stages as job arrays through submitit, with dependencies between them."""
+"""The `slurm` launcher: submits the plan's stages as job arrays through submitit, with dependencies between them.
+
+With cohorts (`LaunchOptions.cohort`, the default), the runs of a stage that share data, seed, teacher run and
+protocol are one job of the array (runner/cohort.py, `SlurmCohort`): the students of a seed train as one cohort
+once their teacher is done, and students of several seeds with the same dependencies (a published teacher) are
+one array over the seeds. Every member's slurm.json names the cohort's job."""
 from __future__ import annotations
 
 import contextlib
@@ -15,10 +20,10 @@ from core.errors import UserError
 
 from ..claims import describe as describe_claim
 from ..folder import RunFolder
-from ..launchers.base import Launcher, decide
+from ..launchers.base import Launcher, decide, jobs
 from ..plan import PlannedRun
 from ..store import write_atomic
-from .job import SlurmRun
+from .job import SlurmCohort, SlurmRun
 from .profile import executor_parameters
 from .queue import ACTIVE, job_states, queued_jobs, read_job, wait_for_jobs, write_job
 
@@ -46,11 +51,13 @@ class SlurmLauncher(Launcher):
         self.ends_runs = self.options.wait
 
     def launch(self, stages: list[list[PlannedRun]]) -> list[dict]:
-        return launch_slurm(stages, self.env, self.options.profile, self.retries, self.options.wait)
+        return launch_slurm(stages, self.env, self.options.profile, self.retries, self.options.wait,
+                            cohort=self.options.cohort)
 
 
 def launch_slurm(stages: list[list[PlannedRun]], env, profile: dict, retries: int = 1, wait: bool = False,
-                 poll_s: float | None = None, wait_timeout_s: float | None = None) -> list[dict]:
+                 poll_s: float | None = None, wait_timeout_s: float | None = None,
+                 cohort: bool = False) -> list[dict]:
     """Submit every run that is not DONE (nor queued already) as job arrays, stage after stage; with `wait`,
     also wait for the jobs and return the runs' final records."""
     if shutil.which("sbatch") is None or shutil.which("srun") is None:
@@ -95,19 +102,25 @@ def launch_slurm(stages: list[list[PlannedRun]], env, profile: dict, retries: in
                 deps = [job_of[d] for d in decision.after]
                 groups.setdefault(tuple(sorted(set(deps))), []).append(run)
             for deps, runs in groups.items():
-                jobs = _submit_array(runs, deps, params, profile, sweep_dir, env_fields, retries, results)
+                tasks = jobs(runs, {}, cohort)  # one array task per run, or per cohort of runs
+                submitted = _submit_array(tasks, deps, params, profile, sweep_dir, env_fields, retries, results)
                 dependency = ("afterok:" + ":".join(deps)) if deps else None
-                for run, job in zip(runs, jobs):
+                runs = [run for task in tasks for run in task]
+                run_jobs = [job for task, job in zip(tasks, submitted) for _ in task]
+                for run, job in zip(runs, run_jobs):
                     job_of[run.run_id] = job.job_id
                     write_job(RunFolder(results, run.run_id),
                                {"job_id": job.job_id, "sweep": sweep, "submitit_folder": str(sweep_dir),
                                 "profile": profile["name"], "dependency": dependency,
                                 "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")})
                     records.append({"status": "submitted", "run_id": run.run_id, "job_id": job.job_id})
-                array_id = jobs[0].job_id.split("_")[0]
+                array_id = submitted[0].job_id.split("_")[0]
+                cohorts = [[r.run_id for r in task] for task in tasks if len(task) > 1]
                 arrays.append({"role": runs[0].role, "array": array_id, "runs": [r.run_id for r in runs],
-                               "jobs": [j.job_id for j in jobs], "dependency": dependency})
+                               "jobs": [j.job_id for j in run_jobs], "dependency": dependency,
+                               **({"cohorts": cohorts} if cohorts else {})})
                 log(f"submitted {len(runs)} {runs[0].role} run(s) as SLURM job {array_id}"
+                    + (f" ({len(cohorts)} cohort(s), {len(submitted)} task(s))" if cohorts else "")
                     + (f", after {dependency}" if dependency else ""))
         if arrays:
             sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -120,8 +133,8 @@ def launch_slurm(stages: list[list[PlannedRun]], env, profile: dict, retries: in
     waiting = {rid: jid for rid, jid in job_of.items()}
     # how often to ask squeue; the environment variable is for tests, where jobs take seconds
     poll_s = poll_s or float(os.environ.get("KDBENCH_SLURM_POLL_S", "10"))
-    wait_for_jobs(list(waiting.values()), log, poll_s, wait_timeout_s)
-    states = job_states(list(waiting.values()))
+    wait_for_jobs(list(dict.fromkeys(waiting.values())), log, poll_s, wait_timeout_s)
+    states = job_states(list(dict.fromkeys(waiting.values())))
     final = []
     for rec in records:
         rid = rec.get("run_id")
@@ -138,25 +151,31 @@ def launch_slurm(stages: list[list[PlannedRun]], env, profile: dict, retries: in
     return final
 
 
-def _submit_array(runs: list[PlannedRun], deps: tuple, params: dict, profile: dict, sweep_dir: Path,
+def _submit_array(tasks: list[list[PlannedRun]], deps: tuple, params: dict, profile: dict, sweep_dir: Path,
                   env_fields: dict, retries: int, results: Path) -> list:
-    """Write each run's spec.json and submit the runs as one job array (one job if alone) after `deps`."""
+    """Write each run's spec.json and submit the tasks (a run, or a cohort of runs) as one job array (one job if
+    alone) after `deps`; one job per task."""
     import submitit
 
     executor = submitit.AutoExecutor(folder=sweep_dir / "%j", cluster="slurm",
                                      slurm_max_num_timeout=profile["max_requeues"],
                                      **({"slurm_python": profile["python"]} if profile.get("python") else {}))
-    p = dict(params, name=f"kd-{runs[0].role}")
+    role = tasks[0][0].role
+    p = dict(params, name=f"kd-{role}")
     if deps:
         p["slurm_dependency"] = "afterok:" + ":".join(deps)
     executor.update_parameters(**p)
     callables = []
-    for run in runs:
-        RunFolder(results, run.run_id).write_spec(run.spec, run.info)  # the job's whole input is this file
-        callables.append(SlurmRun(str(RunFolder(results, run.run_id).spec_json), env_fields, retries))
+    for task in tasks:
+        paths = []
+        for run in task:
+            RunFolder(results, run.run_id).write_spec(run.spec, run.info)  # the job's whole input is this file
+            paths.append(str(RunFolder(results, run.run_id).spec_json))
+        callables.append(SlurmRun(paths[0], env_fields, retries) if len(task) == 1 else
+                         SlurmCohort(paths, env_fields, retries))
     try:
         with executor.batch():
-            jobs = [executor.submit(c) for c in callables]
+            submitted = [executor.submit(c) for c in callables]
     except Exception as e:
-        raise UserError(f"sbatch refused the {runs[0].role} array: {e}") from None
-    return jobs
+        raise UserError(f"sbatch refused the {role} array: {e}") from None
+    return submitted
