@@ -4,7 +4,9 @@ Nothing here changes a run's result, so none of it is part of the run id.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+import shutil
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Callable
@@ -29,11 +31,80 @@ class RunEnv:
     deterministic: bool = False
     test_batch_size: int = 1000
     measure_repeats: int = 3  # inference-time repetitions at the end of a run (0: no measurement)
+    # memory layout of networks and batches: True channels-last, False the default (contiguous NCHW), None (default)
+    # channels-last on CUDA only. A layout changes results only by float rounding, like the kernels chosen.
+    channels_last: bool | None = None
+    compile: str | None = None  # torch.compile the student's forward with this backend ("inductor"); None: eager
+    progress: dict | None = None  # where the run is in its sweep (runner/progress.py), for the epoch lines
     log: Callable[[str], None] = field(default=print)
 
     def fields(self) -> dict:
         """The settings as plain values, to rebuild this env in another process (the log function stays)."""
         return {k: v for k, v in vars(self).items() if k != "log"}
+
+    @property
+    def uses_channels_last(self) -> bool:
+        if self.channels_last is None:
+            return torch.device(self.device).type == "cuda"
+        return self.channels_last
+
+
+class ChannelsLast:
+    """A batch stream (`TrainLoader` or `EvalLoader`) whose images come in channels-last memory format. Each batch
+    is converted once, here, so the members of a cohort still share one tensor per batch (the teacher cache
+    recognises the batch by identity)."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+    @staticmethod
+    def convert(batch):
+        return dataclasses.replace(batch, x=batch.x.contiguous(memory_format=torch.channels_last))
+
+    def epoch(self, epoch: int):
+        return map(self.convert, self.loader.epoch(epoch))
+
+    def __iter__(self):
+        return map(self.convert, self.loader)
+
+
+@lru_cache(maxsize=None)
+def check_compile(backend: str | None, device: str) -> None:
+    """Refuse `--compile` where torch.compile cannot work, before anything runs: the inductor backend needs a C++
+    compiler on CPU and Triton on CUDA. Other backends (eager, aot_eager: for debugging) need neither."""
+    if backend is None:
+        return
+    if backend != "inductor":
+        if backend not in torch.compiler.list_backends(exclude_tags=()):
+            known = sorted(set(torch.compiler.list_backends()) | {"eager", "aot_eager"})
+            raise UserError(f"--compile {backend}: unknown torch.compile backend; known: {', '.join(known)}")
+        return
+    if torch.device(device).type == "cuda":
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            raise UserError("--compile on CUDA needs Triton (pip install triton), which this torch does not find; "
+                            "leave out --compile")
+        return
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+    except ImportError:  # another torch: look for the usual compilers ourselves
+        found = any(shutil.which(c) for c in (os.environ.get("CXX"), "g++", "c++", "clang++") if c)
+    else:
+        try:
+            get_cpp_compiler()
+            found = True
+        except Exception:  # noqa: BLE001 - torch raises its own InvalidCxxCompiler
+            found = False
+    if not found:
+        raise UserError("--compile on CPU needs a C++ compiler for torch.compile (g++, clang++ or $CXX), and none "
+                        "works on this machine: install one (e.g. apt-get install g++) or leave out --compile")
 
 
 def check_device(device: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -129,6 +130,49 @@ def test_plugin_rows_reach_the_plots(trained, registry):
     points, _ = accuracy_points(summary, summary.dataset.iloc[0])
     assert {"Cosine hint", "Cosine hint (weight=2)", "AT+Soft target", "Soft target (T=1)"} <= set(points.name)
     assert list(trained["results"].glob("*/plots/acc_vs_params*.png"))
+
+
+def epoch_lines(results: Path) -> list[str]:
+    return [line for log in results.glob("runs/*/log.txt") for line in log.read_text().splitlines()
+            if re.search(r"epoch \d+ of \d+", line)]
+
+
+def test_epoch_lines_say_where_the_sweep_is(trained):
+    """Each epoch line: run k of n (n = the runs this sweep executes, k distinct), epoch e of E, and the ETAs.
+    The first sweep executes 6 runs (teacher, baseline, st T=1, st T=2, at+st, cosine); the second, whose
+    teacher and baseline are DONE already, one (in a local worker process)."""
+    lines = epoch_lines(trained["results"])
+    found = [tuple(map(int, m.groups())) for m in (re.search(r"run (\d+) of (\d+), epoch 1 of 1", x) for x in lines)
+             if m]
+    assert len(found) == len(lines) == 7
+    assert sorted(k for k, n in found if n == 6) == [1, 2, 3, 4, 5, 6]
+    assert [k for k, n in found if n == 1] == [1]
+    # every run but the sweep's last has the sweep's ETA; a one-epoch run has nothing left of its own
+    assert sum("sweep ~" in x for x in lines) >= 4
+    assert not any("ETA run" in x for x in lines)
+
+
+def test_progress_arithmetic(monkeypatch):
+    """The ETAs from a run's own pace: 3 of 10 epochs done in 30 s -> 70 s left for the run; 40 run-epochs after it
+    on 2 slots, shared by a cohort of 2 (5 s per run-epoch) -> 70 + 40 * 5 / 2 = 170 s for the sweep."""
+    from runner import progress
+
+    clock = iter([100.0, 130.0])
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    pace = progress.Pace(epoch=0)
+    position = {"total": 12, "numbers": {"abc": 4}, "share": 2, "epochs_after": 40, "slots": 2}
+    assert pace.where("abc", 3, 10, position) == "run 4 of 12, epoch 3 of 10, ETA run 1m10s, sweep ~2m50s"
+    assert [progress.duration(s) for s in (35.2, 250, 3725)] == ["35s", "4m10s", "1h02m"]
+
+
+def test_a_cpu_sweep_on_a_machine_with_a_gpu_says_so(trained, registry, monkeypatch, capsys):
+    """Said before anything starts (here every run is DONE already, so nothing else happens)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    args = ["--plugin", str(EXAMPLE), "--methods", "st,at+st,cosine", "--set", "st.T=1,2", *TINY,
+            "--results-dir", str(trained["results"])]
+    assert benchmark.main(args) == 0
+    assert "trains on the CPU while 2 CUDA GPU(s) are visible; add --device cuda" in capsys.readouterr().err
 
 
 # --- --set: typed, validated, part of the run id -----------------------------------------------------------

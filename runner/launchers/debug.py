@@ -1,10 +1,12 @@
 """The `debug` launcher: every run in this process, one after the other (tests, debugging with pdb)."""
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from ..execute import execute
 from ..plan import PlannedRun
+from ..progress import Sweep
 from .base import (Launcher, decide, describe_job, execute_job, flatten, jobs, log_waiting, report_skip,
                    stage_index)
 
@@ -18,6 +20,7 @@ class DebugLauncher(Launcher):
         env = self.env
         queue, records, said = flatten(stages), [], set()
         stage_of, cohort = stage_index(stages), self.options.cohort
+        sweep = Sweep(queue, env.results_dir, slots=1)
         while queue:
             progressed = False
             ready = []  # with cohorts: the runs that may run now, executed together after this pass
@@ -35,7 +38,8 @@ class DebugLauncher(Launcher):
                 if cohort:
                     ready.append(run)
                     continue
-                record = execute(run.spec, env, run.info, retries=self.retries)
+                run_env = dataclasses.replace(env, progress=sweep.position([run]))
+                record = execute(run.spec, run_env, run.info, retries=self.retries)
                 if record["status"] == "busy":  # claimed elsewhere between the check and the claim
                     queue.append(run)
                 else:
@@ -43,7 +47,8 @@ class DebugLauncher(Launcher):
             for job in jobs(ready, stage_of, cohort):
                 if len(job) > 1:
                     env.log(f"start {describe_job(job)}")
-                for run, record in zip(job, execute_job(job, env, self.retries)):
+                job_env = dataclasses.replace(env, progress=sweep.position(job))
+                for run, record in zip(job, execute_job(job, job_env, self.retries)):
                     if record["status"] == "busy":
                         queue.append(run)
                     else:

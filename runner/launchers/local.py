@@ -15,6 +15,7 @@ from ..env import RunEnv
 from ..execute import execute
 from ..kinds import get_mode
 from ..plan import PlannedRun
+from ..progress import Sweep
 from ..spec import RunSpec
 from .base import Launcher, decide, describe_job, flatten, jobs, log_waiting, report_skip, stage_index
 
@@ -105,18 +106,20 @@ def _launch(stages, env: RunEnv, workers, gpus, runs_per_gpu, retries, cohort: b
     ctx = mp.get_context("spawn")
     queue, records, said = flatten(stages), [], set()
     stage_of = stage_index(stages)
+    sweep = Sweep(queue, env.results_dir, slots=len(slots))
     running: dict = {}  # sentinel -> (job: the runs it executes, process, connection, slot)
 
     def start(job: list[PlannedRun]) -> None:
         slot = free.pop(0)
         receiver, sender = ctx.Pipe(duplex=False)
+        job_fields = {**env_fields, "progress": sweep.position(job)}
         if len(job) == 1:
             run = job[0]
             proc = ctx.Process(target=_child, name=f"run-{run.run_id}",
-                               args=(sender, run.spec.to_dict(), run.info, env_fields, threads, retries))
+                               args=(sender, run.spec.to_dict(), run.info, job_fields, threads, retries))
         else:
             proc = ctx.Process(target=_child_cohort, name=f"cohort-{job[0].run_id}",
-                               args=(sender, [r.spec.to_dict() for r in job], [r.info for r in job], env_fields,
+                               args=(sender, [r.spec.to_dict() for r in job], [r.info for r in job], job_fields,
                                      threads, retries))
         saved = os.environ.get("CUDA_VISIBLE_DEVICES")
         if slot is not None:  # a spawned child takes its environment from ours at start

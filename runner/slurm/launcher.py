@@ -20,8 +20,9 @@ from core.errors import UserError
 
 from ..claims import describe as describe_claim
 from ..folder import RunFolder
-from ..launchers.base import Launcher, decide, jobs
+from ..launchers.base import Launcher, decide, flatten, jobs
 from ..plan import PlannedRun
+from ..progress import Sweep
 from ..store import write_atomic
 from .job import SlurmCohort, SlurmRun
 from .profile import executor_parameters
@@ -72,6 +73,7 @@ def launch_slurm(stages: list[list[PlannedRun]], env, profile: dict, retries: in
         env_fields["data_dir"] = str(Path(env_fields["data_dir"]).resolve())
     if profile.get("gpus_per_run") and env.device == "cpu":
         env_fields["device"] = "cuda"  # the profile asks for GPUs: train on them
+    env_fields["progress"] = Sweep(flatten(stages), str(results), slots=None).numbering()
     params = executor_parameters(profile)
     records, arrays, job_of = [], [], {}
     with _submit_lock(results):
