@@ -250,3 +250,64 @@ def test_last_checkpoint_with_options_is_refused_with_the_file_to_use(tmp_path):
     message = str(e.value)
     assert "refused by the safe loader" in message and "argparse.Namespace" in message
     assert "ckpt_epoch_" in message and "\n" not in message
+
+
+# --- through the command line: --teacher-checkpoint with their files ----------------------------------------------
+
+CLI = ["--dataset", "cifar100", "--preset", "smoke", "--epochs", "1", "--train-size", "64", "--test-size", "32"]
+
+
+def test_repdistiller_teacher_trains_a_student_through_the_cli(tmp_path):
+    """A RepDistiller checkpoint as --teacher-checkpoint: planned as a published teacher (evaluated, never trained),
+    its architecture read from the file, a soft-target student distilled from it; the teacher's recorded test
+    accuracy is that of our network with the same weights on the same test images."""
+    import json
+
+    import benchmark
+    from runner.env import RunEnv, test_loader
+    from runner.evaluate import evaluate
+    from runner.folder import RunFolder
+
+    teacher = network("resnet56")
+    path = repdistiller_file(tmp_path / "ckpt_epoch_240.pth", teacher, "resnet56")
+    results = tmp_path / "results"
+    assert benchmark.main(["--teacher-checkpoint", str(path), "--methods", "st", *CLI,
+                           "--results-dir", str(results)]) == 0
+    runs = {p.name: (json.loads((p / "spec.json").read_text())["spec"], RunFolder(results, p.name).read_final())
+            for p in results.glob("runs/*")}
+    (published,) = [(s, f) for s, f in runs.values() if s["kind"] == "published"]
+    assert published[1]["status"] == "done" and published[0]["student"] == "resnet56"
+    assert {(s["method"], f["status"]) for s, f in runs.values()} >= {("st", "done"), ("ce", "done")}
+    student = next(s for s, _ in runs.values() if s["method"] == "st")
+    assert student["teacher"]["arch"] == "resnet56" and "sha256" in student["teacher"]
+    from runner.spec import RunSpec
+
+    loader = test_loader(RunSpec.from_dict(published[0]).data, RunEnv())
+    ours = evaluate(Renormalize(teacher, REPDISTILLER_NORM, NORM), loader)
+    assert [published[1][f"best_top{k}"] for k in range(1, 6)] == pytest.approx([ours[f"top{k}"] for k in range(1, 6)])
+
+
+@pytest.mark.parametrize("layout", ["teacher_best", "mdistiller_student"])
+def test_their_layouts_plan_through_the_cli(tmp_path, capsys, layout):
+    import benchmark
+
+    path = repdistiller_file(tmp_path / f"{layout}.pth", network("wrn_40_2"), "wrn_40_2", layout=layout)
+    assert benchmark.main(["status", "--teacher-checkpoint", str(path), "--methods", "st", "--student", "wrn_16_2",
+                           *CLI, "--results-dir", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "published wrn_40_2" in out and "st wrn_16_2" in out
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--teacher", "resnet110"], "holds a resnet56, not the resnet110 asked for"),
+    (["--dataset", "cifar10"], "100 classes"),
+])
+def test_a_teacher_file_that_does_not_fit_the_sweep_exits_2(tmp_path, capsys, extra, says):
+    import benchmark
+
+    path = repdistiller_file(tmp_path / "ckpt_epoch_240.pth", network("resnet56"), "resnet56")
+    code = benchmark.main(["--teacher-checkpoint", str(path), "--methods", "st", *CLI, *extra,
+                           "--results-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and says in err and "Traceback" not in err, err
+    assert not list((tmp_path / "r").glob("runs/*/final.json"))
