@@ -13,11 +13,18 @@ Reference conventions (AberHu/Knowledge-Distillation-Zoo `kd_losses/ab.py`, `tra
 * the taps are the PRE-ReLU outputs of the last block of the three stages, averaged (/3);
 * two stages: 50 of 200 epochs of initialisation (lr 0.01 for 30, 0.001 for 10, 0.0001 for 10) with the CE
   term multiplied by 0 and only weight * AB, then the normal 200-epoch schedule with CE only.
+
+Across widths and resolutions (the CRD benchmark's pairs, Tian et al. 2020), as RepDistiller's `Connector`
+(`models/util.py`, built by `train_student.py` for `--distill abound`): a stage whose student map differs from
+the teacher's in channels or grid goes through a connector, ConvReg without the ReLU (convolution to the
+teacher's shape, then BN), trained with the student in the initialisation stage; stages of equal shape keep
+the identity, so equal-shape pairs are unchanged.
 """
 import torch
 import torch.nn.functional as F
 
 from .base import Method, Stage, main_stage, scaled
+from .fitnet import ConvReg
 
 
 def ab_loss(fm_s: torch.Tensor, fm_t: torch.Tensor, margin: float = 2.0) -> torch.Tensor:
@@ -47,6 +54,16 @@ class AB(Method):
     def reference_call(cls, inputs: dict, hparams: dict):
         return cls.loss_fn(inputs["fm_s"], inputs["fm_t"], hparams["margin"])
 
+    def setup(self, s_feats, t_feats):
+        for k in self.student_taps:
+            s, t = s_feats[k].shape[1:], t_feats[k].shape[1:]
+            if s != t:  # RepDistiller's Connector: identity where (C, H) agree, else ConvReg without ReLU
+                self.extra[k] = ConvReg(s, t, relu=False)
+
+    def connect(self, k: str, fm_s: torch.Tensor) -> torch.Tensor:
+        """The student's stage map at the teacher's shape (its connector's output), or itself where they agree."""
+        return self.extra[k](fm_s) if k in self.extra else fm_s
+
     def stages(self, protocol) -> list[Stage]:
         """Initialisation (50/200 of the protocol's epochs, >= 1) then the protocol's main schedule."""
         n = scaled(_INIT_EPOCHS, 200, protocol.epochs)
@@ -60,7 +77,7 @@ class AB(Method):
             # The reference sets lambda_kd = 0 after the initialisation: no teacher forward is needed.
             return {"ce": ce}
         _, t_feats = self.teacher_forward(batch.x)
-        per_stage = [ab_loss(feats[k], t_feats[k], self.hp["margin"]) for k in self.student_taps]
+        per_stage = [ab_loss(self.connect(k, feats[k]), t_feats[k], self.hp["margin"]) for k in self.student_taps]
         # CE * 0 as in the reference: it contributes nothing, but the classifier still gets a (zero) gradient,
         # so weight decay acts on it during the initialisation exactly as there.
         return {"ce": 0.0 * ce, "ab": self.hp["weight"] * torch.stack(per_stage).mean()}

@@ -15,6 +15,9 @@ Reference conventions (`kd_losses/afd.py`, `train_kd.py`), kept on purpose:
   stages, averaged (/3); teacher and student have the same channels (no connector);
 * the attention modules are optimised *with the student on the same loss*, so they are free to lower the weight
   of channels that are hard to match (the reference does exactly this; the paper's regularisation is absent).
+
+The reference compares maps of equal shape only (no connector; RepDistiller has no AFD), so pairs whose stage
+maps differ are left out (runner/pairs.py) and `setup` refuses them.
 """
 from __future__ import annotations
 

@@ -10,6 +10,10 @@ Reference conventions (AberHu/Knowledge-Distillation-Zoo `kd_losses/at.py`), kep
 * the distance is the *mean squared* difference over B x H x W, not the paper's (unsquared) L2 norm of the
   difference summed over the batch (szagoruyko/attention-transfer#34); the weight 1000 compensates for that;
 * the training script averages the three stage outputs (post-ReLU of the last block of each stage).
+
+Across networks whose stages sit at different grids (the CRD benchmark's pairs, Tian et al. 2020), the larger
+of the two maps is first average-pooled to the smaller's H x W, as RepDistiller's `distiller_zoo/AT.py`
+(`at_loss`) does; channels need not agree (the map sums over them). Maps of equal size are left as they are.
 """
 import torch
 import torch.nn.functional as F
@@ -22,6 +26,18 @@ def attention_map(fm: torch.Tensor, p: float = 2.0, eps: float = 1e-6) -> torch.
     am = fm.abs().pow(p).sum(dim=1, keepdim=True)
     norm = torch.linalg.vector_norm(am, ord=2, dim=(2, 3), keepdim=True)
     return am / (norm + eps)
+
+
+def match_spatial(fm_s: torch.Tensor, fm_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two maps at one grid: the larger adaptive-average-pooled to the smaller's H x W (RepDistiller
+    `distiller_zoo/AT.py` at_loss, also its NST, VID and FT losses); unchanged, the same tensors, when equal.
+    No parameters: the adapter of the losses that compare maps position by position across resolutions."""
+    (h_s, w_s), (h_t, w_t) = fm_s.shape[2:], fm_t.shape[2:]
+    if h_s > h_t:
+        fm_s = F.adaptive_avg_pool2d(fm_s, (h_t, w_t))
+    elif h_s < h_t:
+        fm_t = F.adaptive_avg_pool2d(fm_t, (h_s, w_s))
+    return fm_s, fm_t
 
 
 def at_loss(fm_s: torch.Tensor, fm_t: torch.Tensor, p: float = 2.0, eps: float = 1e-6) -> torch.Tensor:
@@ -44,5 +60,6 @@ class AT(Method):
         return cls.loss_fn(inputs["fm_s"], inputs["fm_t"], hparams.get("p", 2.0), hparams.get("eps", 1e-6))
 
     def distill(self, s_logits, s_feats, t_logits, t_feats, batch, info):
-        per_stage = [at_loss(s_feats[k], t_feats[k], self.hp["p"], self.hp["eps"]) for k in self.student_taps]
+        per_stage = [at_loss(*match_spatial(s_feats[k], t_feats[k]), self.hp["p"], self.hp["eps"])
+                     for k in self.student_taps]
         return {"at": self.hp["weight"] * torch.stack(per_stage).mean()}

@@ -21,6 +21,10 @@ Differences from the reference, both from the runner building one SGD optimiser 
   parameter without a gradient a zero gradient in the init stage.
 Stage lengths scale with the protocol's epochs (>= 1 init epoch); the main stage does no teacher forward, since
 its FSP term is multiplied by 0 in the reference and so cannot change the gradients.
+
+Student and teacher FSP matrices are compared entry by entry, so their channel counts must agree: RepDistiller's
+`distiller_zoo/FSP.py` refuses others and Tian et al. run no FSP across families (their Table 2), so such pairs
+are left out (runner/pairs.py).
 """
 import torch
 import torch.nn.functional as F

@@ -19,6 +19,11 @@ kept on purpose:
 * stage 1: the paraphraser alone reconstructs the teacher's stage-3 (post-ReLU) map with MSE for 30 epochs at a
   constant lr of 0.1 * the main lr, momentum 0.9, no Nesterov, weight decay 1e-4; then it is frozen (eval mode,
   no gradients) and the student + translator are trained with CE + weight * FT.
+
+Across widths and resolutions (the CRD benchmark's pairs, Tian et al. 2020), as RepDistiller
+(`models/util.py` Paraphraser/Translator, `distiller_zoo/FT.py` factor_loss): the translator already maps the
+student's channels to the teacher factor's int(k * C_t); when the two factors sit at different grids the larger
+is average-pooled to the smaller's H x W before they are compared. Factors of equal size are left as they are.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .at import match_spatial
 from .base import Method, Stage, main_stage, scaled
 
 
@@ -159,4 +165,4 @@ class FT(Method):
         with torch.no_grad():
             factor_t = self.extra["paraphraser"].encoder(t_feats["stage3"])
         factor_s = self.extra["translator"](s_feats["stage3"])
-        return {"ft": self.hp["weight"] * ft_loss(factor_s, factor_t)}
+        return {"ft": self.hp["weight"] * ft_loss(*match_spatial(factor_s, factor_t))}

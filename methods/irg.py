@@ -14,6 +14,10 @@ kept on purpose:
 * transformation = per-instance squared distance between the stage-2 map (adaptive-avg-pooled to stage 3's
   H x W) and the stage-3 map with adjacent channel pairs averaged (64 -> 32), divided by its maximum, MSE;
 * the term weights (0.1, 5, 5) are inside the loss; the script's lambda (1.0) multiplies the total.
+
+The transformation needs, in each network, a stage-2 map that pools and a stage-3 map that pairs its channels
+to one size (ResNet-like widths doubling per stage); networks without that (VGG, MobileNetV2, ShuffleNets, the
+ResNet-50) are left out (runner/pairs.py). RepDistiller has no IRG to follow there.
 """
 import torch
 import torch.nn.functional as F

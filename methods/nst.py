@@ -8,10 +8,15 @@ each neuron is selective to, without requiring channel-to-channel correspondence
 As the reference (AberHu/Knowledge-Distillation-Zoo `kd_losses/nst.py`) only the polynomial kernel
 k(x, y) = (x^T y + c)^d with d = 2, c = 0 is used (the paper's best CIFAR kernel), on channel maps L2-normalised
 over H x W; each kernel term is a mean over B x C x C, on the last stage's post-ReLU output, weight 10.
+
+Across resolutions (the CRD benchmark's pairs, Tian et al. 2020) the larger map is first average-pooled to the
+smaller's H x W, as RepDistiller's `distiller_zoo/NST.py` (`nst_loss`); channel counts may differ (the MMD
+compares two sets of channel maps). Maps of equal size are left as they are.
 """
 import torch
 import torch.nn.functional as F
 
+from .at import match_spatial
 from .base import Method
 
 
@@ -46,4 +51,4 @@ class NST(Method):
         return cls.loss_fn(inputs["fm_s"], inputs["fm_t"])
 
     def distill(self, s_logits, s_feats, t_logits, t_feats, batch, info):
-        return {"nst": self.hp["weight"] * nst_loss(s_feats["stage3"], t_feats["stage3"])}
+        return {"nst": self.hp["weight"] * nst_loss(*match_spatial(s_feats["stage3"], t_feats["stage3"]))}

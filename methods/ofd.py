@@ -14,6 +14,11 @@ Reference conventions (AberHu/Knowledge-Distillation-Zoo `kd_losses/ofd.py`, `tr
 * connector conv1x1 (C_s -> C_t, no bias) + BatchNorm2d, Kaiming-normal (fan_out) conv, BN (1, 0); it is in
   train mode while the student trains (batch statistics) and optimised with it;
 * the three stages' pre-ReLU outputs are averaged (/3); the teacher stays in eval mode.
+
+Across networks: the connector maps the student's channels to the teacher's, as the authors' code
+(clovaai/overhaul-distillation `distiller.py`, `build_feature_connector`), which has no spatial adapter (its
+pairs share every stage's grid) and which RepDistiller does not run; so pairs whose grids differ are left out
+(runner/pairs.py) and `setup` refuses them.
 """
 from __future__ import annotations
 
@@ -94,7 +99,8 @@ class OFD(Method):
             s, t = s_feats[k].shape, t_feats[k].shape
             if s[2:] != t[2:]:
                 raise ValueError(f"ofd: {k} maps differ in spatial size (student {tuple(s[2:])}, teacher "
-                                 f"{tuple(t[2:])}); the reference's 1x1 connector needs equal sizes")
+                                 f"{tuple(t[2:])}); the reference's 1x1 connector (clovaai/overhaul-distillation) "
+                                 "needs equal sizes")
             self.extra[k] = OFDConnector(s[1], t[1], self.hp["bn_eps"])
 
     def distill(self, s_logits, s_feats, t_logits, t_feats, batch, info):

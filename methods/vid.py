@@ -18,6 +18,12 @@ Reference conventions (AberHu/Knowledge-Distillation-Zoo `kd_losses/vid.py`, `tr
 * the loss is the *mean* over B x C x H x W (not a per-sample sum), one module per stage on the post-ReLU
   outputs of the three stages, averaged (/3); the modules are optimised with the student (weight decay
   included, also on alpha).
+
+Across resolutions (the CRD benchmark's pairs, Tian et al. 2020), as RepDistiller's `distiller_zoo/VID.py`
+(`VIDLoss.forward`): the larger of the student's input and the teacher's target is average-pooled to the
+smaller's H x W before the regressor; the regressor's 1x1 convolutions already map the student's channels to
+the teacher's (RepDistiller's `VIDLoss(C_s, C_t, C_t)` in `train_student.py`, our mid = sf * C_t with sf = 1).
+Maps of equal size are left as they are.
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from .at import match_spatial
 from .base import Method
 
 STAGES = ("stage1", "stage2", "stage3")
@@ -99,14 +106,12 @@ class VID(Method):
     def setup(self, s_feats, t_feats):
         for k in STAGES:
             s, t = s_feats[k].shape, t_feats[k].shape
-            if s[2:] != t[2:]:
-                raise ValueError(f"vid: {k} maps differ in spatial size (student {tuple(s[2:])}, teacher "
-                                 f"{tuple(t[2:])}); the reference's 1x1 regressor needs equal sizes")
             self.extra[k] = VIDModule(s[1], int(self.hp["sf"] * t[1]), t[1], self.hp["init_var"], self.hp["eps"])
 
     def distill(self, s_logits, s_feats, t_logits, t_feats, batch, info):
         per_stage = []
         for k in STAGES:
             module = self.extra[k]
-            per_stage.append(vid_loss(module(s_feats[k]), t_feats[k].detach(), module.alpha, self.hp["eps"]))
+            fm_s, fm_t = match_spatial(s_feats[k], t_feats[k].detach())
+            per_stage.append(vid_loss(module(fm_s), fm_t, module.alpha, self.hp["eps"]))
         return {"vid": self.hp["weight"] * torch.stack(per_stage).mean()}

@@ -3,19 +3,34 @@ Distillation", ICLR 2020, Tables 1 and 2; github:HobbitLong/RepDistiller), and w
 
 `--pairs crd` plans every pair of `CRD_PAIRS`; `--pairs resnet56:resnet20,wrn_40_2:shufflev1` names pairs. On
 every pair the planner leaves out the methods `exclusions` returns, each with a short reason the tables print.
+
+The losses follow AberHu/Knowledge-Distillation-Zoo (the golden reference), whose pairs share every shape. Across
+the pairs' different widths and resolutions the methods adapt their features as RepDistiller (the code of Tian
+et al.) does, and only where shapes differ (equal-shape pairs, Table 1 of the paper above all, are unchanged):
+
+* FitNet: a regressor (RepDistiller `models/util.py` ConvReg: conv to the teacher's shape + BN + ReLU) on the
+  student's stage3;
+* AB: a connector per stage (RepDistiller `Connector`: ConvReg without ReLU) on the pre-ReLU maps;
+* AT, NST, VID, FT: the larger map (FT: factor) average-pooled to the smaller's grid, as RepDistiller's
+  `distiller_zoo/{AT,NST,VID,FT}.py`; their channels may differ already (VID's and FT's 1x1 / 3x3 regressors
+  map the student's channels to the teacher's).
+
 A method is left out when
 
-* its loss compares tensors whose shapes differ on the pair and it builds no adapter for them (this project
-  follows the reference the benchmark checks its losses against, AberHu/Knowledge-Distillation-Zoo: FitNet has
-  no regressor, AT/NST/VID/OFD/FT need equal spatial sizes, AB/AFD equal maps, FSP equal Gram matrices, IRG a
-  stage2 -> stage3 transformation of one size in each network);
+* its reference does not run it across the pair's shapes: OFD (clovaai/overhaul-distillation `distiller.py`:
+  1x1 connectors, no spatial adapter; not in RepDistiller) where a stage's grid differs; AFD (AberHu
+  `kd_losses/afd.py`: element-wise comparison, no connector; not in RepDistiller) where a stage's map differs;
+  FSP (RepDistiller's `FSP` refuses unequal channels) where channel counts differ; IRG (AberHu
+  `kd_losses/irg.py`, one-to-one mode) where its stage2 -> stage3 transformation does not fit a network;
+  FitNet/AB where ConvReg has no convolution for the grids (a student grid smaller than the teacher's and not
+  half of it: none of the 13 pairs);
+* Tian et al. do not run it across families (Table 2 has no FSP);
 * it trains another network than the pair's student that does not exist (OEC-KD's `oeckd_<student>`) or networks
-  of its own (EKD: its own teachers and multi-branch student, not the pair's);
-* Tian et al. do not run it across families (Table 2 has no FSP).
+  of its own (EKD: its own teachers and multi-branch student, not the pair's).
 
 The shape rules read the features of each network from one forward on the `meta` device (no computation), so
-planning stays fast; tests/test_pairs.py checks them by building every kept method on the pairs and training a
-step.
+planning stays fast; tests/test_pairs_methods.py checks them by building every kept method on every pair and
+training a step.
 """
 from __future__ import annotations
 
@@ -121,34 +136,38 @@ def _reason(method: str, pair: Pair) -> str | None:
 
     teacher, student = pair
     s, t = feature_shapes(student), feature_shapes(teacher)
-    if method == "fitnet":
-        bad = _differ(s, t, ("stage3",), "chw")
-        return bad and (f"its hint compares stage3 maps without a regressor (as the reference this benchmark checks "
-                        f"against; Tian et al. add one), and they differ "
+    if method in ("fitnet", "ab"):
+        from methods.fitnet import regressor_fits
+
+        taps = ("stage3",) if method == "fitnet" else PRE
+        bad = [k for k in taps if s[k] != t[k] and not regressor_fits(s[k], t[k])]
+        what = "regressor" if method == "fitnet" else "connector"
+        return bad and (f"its {what}, RepDistiller's ConvReg (models/util.py), has no convolution from the "
+                        f"student's {_show(s, bad)} to the teacher's {_show(t, bad)}")
+    if method == "ofd":
+        bad = _differ(s, t, PRE, "hw")
+        return bad and (f"its reference (clovaai/overhaul-distillation distiller.py; RepDistiller has no OFD) "
+                        f"connects the stages by 1x1 conv + BN only, no spatial adapter, and the grids of "
+                        f"{', '.join(bad)} differ ({_show(s, bad)} vs {_show(t, bad)})")
+    if method == "afd":
+        bad = _differ(s, t, STAGES, "chw")
+        return bad and (f"its reference (AberHu kd_losses/afd.py; RepDistiller has no AFD) compares the stage maps "
+                        f"element by element, without a connector, and {', '.join(bad)} differ "
                         f"({_show(s, bad)} vs {_show(t, bad)})")
-    if method in ("at", "vid", "ofd"):
-        taps = PRE if method == "ofd" else STAGES
-        bad = _differ(s, t, taps, "hw")
-        what = {"at": "attention maps", "vid": "1x1 regressors", "ofd": "1x1 connectors"}[method]
-        return bad and f"its {what} need equal spatial sizes at the three stages; {', '.join(bad)} differ"
-    if method in ("nst", "ft"):
-        bad = _differ(s, t, ("stage3",), "hw")
-        return bad and (f"its loss compares stage3 maps of equal spatial size; they differ "
-                        f"({_show(s, bad)} vs {_show(t, bad)})")
-    if method in ("ab", "afd"):
-        taps = PRE if method == "ab" else STAGES
-        bad = _differ(s, t, taps, "chw")
-        return bad and f"its loss compares the stage maps element by element (no connector); {', '.join(bad)} differ"
     if method == "fsp":
         if cross_family(pair):
             return "Tian et al. do not run FSP across families (their Table 2); its FSP matrices need equal channels"
         taps = ("stem",) + STAGES
         bad = [f"{a}-{b}" for a, b in zip(taps, taps[1:]) if (s[a][0], s[b][0]) != (t[a][0], t[b][0])]
-        return bad and f"its FSP matrices need equal channel counts in both networks; {', '.join(bad)} differ"
+        return bad and (f"its FSP matrices need equal channel counts in both networks (RepDistiller's FSP refuses "
+                        f"others); {', '.join(bad)} differ")
     if method == "irg":
         bad = [name for name, f in (("student", s), ("teacher", t)) if not _irg_ok(f)]
-        return bad and (f"its stage2 -> stage3 transformation (as the reference) does not fit the "
-                        f"{' and '.join(bad)}'s channels")
+        shapes = "; ".join(f"{name} {_show(f, ('stage2', 'stage3'))}" for name, f in (("student", s), ("teacher", t))
+                           if name in bad)
+        return bad and (f"its stage2 -> stage3 transformation (AberHu kd_losses/irg.py, one-to-one mode: stage2 "
+                        f"pooled to stage3's grid, stage3's channel pairs averaged; RepDistiller has no IRG) does "
+                        f"not give maps of one size in the {' and '.join(bad)} ({shapes})")
     cls = get_method(method)
     if method == "ekd" or cls.teacher_archs(cls.resolve_hparams({}, "cifar100")):
         return "trains its own teachers and multi-branch student, not the pair's"
