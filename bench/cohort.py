@@ -9,7 +9,7 @@ same model.pt in both arms (it must, in deterministic mode).
 The teacher is trained first (not timed) and copied into both arms' results folders. Measurements at the end of
 a run are off (`measure_repeats` 0) in both arms: only training and the per-epoch evaluation are timed.
 
-    python bench/cohort.py                                   # ce + the paper's 20, synthetic 512/256, 2 epochs
+    python bench/cohort.py                                   # ce + the paper's 20, synthetic 512/256, smoke epochs
     python bench/cohort.py --methods ce,st,at --epochs 1 --train-size 128
     python bench/cohort.py --train-size 50000 --epochs 5 --device cuda --preset paper --data-dir /data/cifar
 
@@ -46,7 +46,9 @@ def parse(argv=None) -> argparse.Namespace:
                     "always included")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--preset", default="smoke", help="protocol preset (configs/presets.yaml), default smoke")
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, help="epochs of every run, the teacher's included (default: the "
+                    "preset's, whose teacher protocol gives every method a teacher it can learn from; a teacher "
+                    "of 2 epochs on 512 images is still at chance, and FSP diverges on it)")
     ap.add_argument("--train-size", type=int, default=512)
     ap.add_argument("--test-size", type=int, default=256)
     ap.add_argument("--synthetic", action=argparse.BooleanOptionalAction, default=True,
@@ -83,7 +85,7 @@ def main(argv=None) -> int:
 
     try:
         print(f"{len(students)} student runs ({', '.join(r.spec.method for r in students)}) on "
-              f"{students[0].spec.data.label}, {args.epochs} epoch(s), {args.student} from {args.teacher}; "
+              f"{students[0].spec.data.label}, {students[0].spec.protocol.epochs} epoch(s), {args.student} from {args.teacher}; "
               f"{args.device}, {torch.get_num_threads()} thread(s), torch {torch.__version__}, "
               f"{platform.processor() or platform.machine()}")
         t0 = time.perf_counter()
