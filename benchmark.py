@@ -86,9 +86,15 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     what.add_argument("--epochs", type=int, help="override the preset's epochs (teachers included)")
     what.add_argument("--teacher", help="teacher architecture (default from the preset: resnet110)")
     what.add_argument("--student", help="student architecture (default from the preset: resnet20)")
-    what.add_argument("--teacher-checkpoint", help="use this published or earlier teacher (model.pt or an "
-                      "akamaster-style .th) instead of training one")
+    what.add_argument("--teacher-checkpoint", help="use this published or earlier teacher instead of training "
+                      "one: a kd-bench model.pt, an akamaster-style .th, or a RepDistiller/mdistiller CIFAR-100 "
+                      "checkpoint (architecture read from the file)")
     what.add_argument("--pad-mode", choices=("zeros", "reflect"), help="crop padding (paper: zeros)")
+    what.add_argument("--precision", choices=("fp32", "bf16", "fp16"),
+                      help="numeric precision of training and evaluation, for every trained run of the sweep, "
+                      "teachers included: fp32 (default, as the paper trained), bf16 (autocast; also on CPU) or "
+                      "fp16 (autocast + gradient scaler; meant for CUDA, very slow on CPU). Part of the run id "
+                      "(fp32 runs keep their ids); the preset's protocol may set it too")
     what.add_argument("--ensemble", type=_csv(str), action="append", default=[],
                       help="an extra ensemble of methods, e.g. at,logits,st (repeatable); the paper's four "
                       "are planned whenever their members are")
@@ -123,6 +129,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     ex.add_argument("--runs-per-gpu", type=int, default=1, help="local launcher: runs packed on each GPU")
     ex.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ex.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower on GPU)")
+    ex.add_argument("--channels-last", dest="channels_last", action=argparse.BooleanOptionalAction, default=None,
+                    help="channels-last memory format for networks and batches (default: on with CUDA, off on "
+                    "CPU; --no-channels-last turns it off); changes results by float rounding only")
+    ex.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                    help="torch.compile the student's forward (backend inductor unless named, e.g. aot_eager to "
+                    "debug); inductor needs a C++ compiler on CPU and Triton on CUDA, refused up front otherwise")
     ex.add_argument("--results-dir", default="results", help="where run folders and summaries live")
     ex.add_argument("--no-cohort", dest="cohort", action="store_false", help="train each run alone, not in cohorts")
     sl = p.add_argument_group("slurm launcher (settings from the cluster profile, these override it)")
@@ -200,7 +212,8 @@ def plan_request(args):
                        teacher=args.teacher, student=args.student, synthetic=args.synthetic,
                        train_size=args.train_size, test_size=args.test_size, pad_mode=args.pad_mode,
                        ensembles=[tuple(c) for c in args.ensemble], voting=args.voting,
-                       data_dir=args.data_dir, download=args.download, sets=list(args.set), pairs=pairs)
+                       data_dir=args.data_dir, download=args.download, sets=list(args.set), pairs=pairs,
+                       precision=getattr(args, "precision", None))
 
 
 def cmd_list(args) -> int:
@@ -410,15 +423,22 @@ def launch_options(args):
 
 
 def cmd_run(args) -> int:
-    from runner.env import RunEnv, cached_splits, check_device
+    from runner.env import RunEnv, cached_splits, check_compile, check_device
     from runner.launchers import make_launcher
     from runner.plan import plan
 
     check_device(args.device)
+    check_compile(args.compile, args.device)
     stages = plan(plan_request(args))
     _check_results_dir(args.results_dir)
+    _warn_idle_gpus(args)
     env = RunEnv(results_dir=args.results_dir, data_dir=args.data_dir, download=args.download,
-                 device=args.device, deterministic=args.deterministic)
+                 device=args.device, deterministic=args.deterministic, channels_last=args.channels_last,
+                 compile=args.compile)
+    precisions = {r.spec.protocol.precision for stage in stages for r in stage if r.spec.kind == "train"}
+    if "fp16" in precisions and env.device == "cpu":
+        print("note: fp16 on CPU works (autocast + gradient scaler) but is many times slower than fp32: CPUs have "
+              "few float16 kernels; bf16 is the reduced precision for CPUs", file=sys.stderr)
     launcher = make_launcher(args.launcher, env, args.retries, launch_options(args))
     data = stages[0][0].spec.data
     cached_splits(data, env.data_dir, env.download)  # a missing dataset fails here, before any run starts
@@ -440,6 +460,17 @@ def cmd_run(args) -> int:
                                                                  for r in failed), file=sys.stderr)
         return 1
     return 0
+
+
+def _warn_idle_gpus(args) -> None:
+    """A sweep about to train on the CPU of a machine with a GPU is almost always a forgotten --device: say so
+    before the first run starts (the sweep goes on: a CPU run may be what the user wants)."""
+    import torch
+
+    if args.launcher == "slurm" or args.gpus or not args.device.startswith("cpu") or not torch.cuda.is_available():
+        return
+    print(f"warning: this sweep trains on the CPU while {torch.cuda.device_count()} CUDA GPU(s) are visible; "
+          "add --device cuda (or --gpus 0,1,...) to train on them", file=sys.stderr)
 
 
 def check_args(args) -> None:

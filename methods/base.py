@@ -11,9 +11,10 @@ gradients, in its own `losses`).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -59,6 +60,72 @@ class StepInfo:
     step: int = 0
 
 
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Precision:
+    """How a run's training steps compute (`Protocol.precision`, runner/spec.py). One per run: its gradient
+    scaler's state is the run's and is checkpointed.
+
+    fp32: nothing changes (no autocast, no scaler: the step is the one the paper trained with). bf16 / fp16: the
+    runner enters `torch.autocast(device, dtype)` around every training step and evaluation; fp16 scales the loss
+    with `torch.amp.GradScaler` (dynamic scale, steps with inf/NaN gradients skipped). `Method.backward_step` is the
+    one place that back-propagates and steps, so the scaler logic lives here and nowhere else."""
+
+    def __init__(self, name: str = "fp32", device: str | torch.device = "cpu"):
+        if name not in _DTYPES:
+            raise ValueError(f"unknown precision {name!r}; known: {', '.join(_DTYPES)}")
+        self.name = name
+        self.device_type = torch.device(device).type
+        self.dtype = _DTYPES[name]
+        self.scaler = torch.amp.GradScaler(self.device_type) if name == "fp16" else None
+
+    @property
+    def reduced(self) -> bool:
+        """Whether anything runs in reduced precision (bf16, fp16)."""
+        return self.dtype is not None
+
+    def autocast(self):
+        """The context of a training step or an evaluation: autocast to this precision's dtype (fp32: none)."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def full(self):
+        """A region computed in fp32 inside a step under autocast (losses, back-propagation)."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, enabled=False)
+
+    def state_dict(self) -> dict | None:
+        """What a resumed run needs: the scaler's scale and growth tracker (None without a scaler)."""
+        return None if self.scaler is None else self.scaler.state_dict()
+
+    def load_state_dict(self, state: dict | None) -> None:
+        if (state is None) != (self.scaler is None):
+            raise ValueError(f"gradient scaler state {'missing' if state is None else 'given'} for a "
+                             f"{self.name} run")
+        if state is not None:
+            if not isinstance(state, dict) or not isinstance(state.get("scale"), (int, float)) or \
+                    not state["scale"] > 0 or not isinstance(state.get("_growth_tracker"), int):
+                raise ValueError("gradient scaler state is malformed")
+            self.scaler.load_state_dict(state)
+
+
+FP32 = Precision()  # the default of a Context built by hand (tests, tools): no autocast, no scaler
+
+
+def to_fp32(value):
+    """`value` with every bf16/fp16 tensor in it (also inside dicts, lists and tuples) as float32."""
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.dtype in (torch.bfloat16, torch.float16) else value
+    if isinstance(value, dict):
+        return {k: to_fp32(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_fp32(v) for v in value)
+    return value
+
+
 @dataclass
 class Context:
     """What a method may know about the run beyond the networks."""
@@ -71,6 +138,7 @@ class Context:
     epochs: int                 # the protocol's main-stage epochs: stage lengths scale with it
     generator: torch.Generator | None = None  # the method's own randomness, seeded from (seed, method)
     extra_teachers: dict = field(default_factory=dict)  # arch -> frozen model, for `teacher_archs` (EKD)
+    precision: Precision = FP32  # the run's (runner/train.py); `Method.backward_step` applies its scaler
 
 
 def main_stage(protocol) -> Stage:
@@ -113,6 +181,8 @@ class Method:
     student_taps: tuple[str, ...] = ()
     teacher_taps: tuple[str, ...] = ()
     loss_fn = None  # the pure loss function of tensors (a staticmethod on subclasses), checked by the golden tests
+    # why `--compile` (torch.compile of the student's forward) cannot serve this method, or None: it can
+    no_compile: str | None = None
 
     @classmethod
     def reference_call(cls, inputs: dict, hparams: dict) -> torch.Tensor:
@@ -192,13 +262,25 @@ class Method:
             return self.teacher(x)
 
     def losses(self, batch: Batch, info: StepInfo) -> dict[str, torch.Tensor]:
-        """Weighted losses of one batch: CE on the student plus the method's distillation terms."""
+        """Weighted losses of one batch: CE on the student plus the method's distillation terms (`distill`,
+        computed in fp32 under autocast: see `in_fp32`)."""
         logits, feats = self.student(batch.x)
         out = {"ce": F.cross_entropy(logits, batch.y)}
         if self.needs_teacher:
             t_logits, t_feats = self.teacher_forward(batch.x)
-            out.update(self.distill(logits, feats, t_logits, t_feats, batch, info))
+            out.update(self.in_fp32(self.distill, logits, feats, t_logits, t_feats, batch, info))
         return out
+
+    def in_fp32(self, fn, *args, **kwargs):
+        """`fn(*args, **kwargs)`; in a step under autocast (bf16, fp16), computed with autocast off on float32
+        copies of the tensors among the arguments (also inside dicts, lists, tuples). The networks run in reduced
+        precision; the losses (softmax over logits, Gram matrices, norms, memory banks) and the small extra modules
+        inside them stay in fp32, where reduced precision would lose them. fp32: a plain call."""
+        precision = self.ctx.precision
+        if not precision.reduced:
+            return fn(*args, **kwargs)
+        with precision.full():
+            return fn(*to_fp32(args), **to_fp32(kwargs))
 
     def distill(self, s_logits, s_feats, t_logits, t_feats, batch: Batch, info: StepInfo) -> dict:
         return {}
@@ -207,10 +289,36 @@ class Method:
         """One update. Returns the detached losses; the runner checks their epoch sums for NaN/inf (one device
         sync per epoch, not per step) and fails the run before anything of that epoch is saved."""
         losses = self.losses(batch, info)
-        optimizer.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        optimizer.step()
+        self.backward_step(sum(losses.values()), optimizer)
         return {k: v.detach() for k, v in losses.items()}
+
+    def backward_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                      before_step: Callable[[], None] | None = None) -> None:
+        """Zero the gradients of `optimizer`'s parameters, back-propagate `loss` and step: the one place that does
+        so, for `train_step` and every override of it (call it once per optimiser, e.g. KDFM's discriminator and
+        student). fp32: exactly `zero_grad; backward; step`. Under autocast the backward pass runs with autocast
+        off (its ops follow their forward's dtypes), and fp16 goes through the run's gradient scaler: scaled
+        loss, unscaled gradients checked for inf/NaN (the step is skipped if any), scale updated.
+        `before_step` runs between the backward pass and the step (e.g. to give unreached parameters zero
+        gradients)."""
+        optimizer.zero_grad(set_to_none=True)
+        precision = self.ctx.precision
+        if not precision.reduced:
+            loss.backward()
+            if before_step is not None:
+                before_step()
+            optimizer.step()
+            return
+        scaler = precision.scaler
+        with precision.full():
+            (loss if scaler is None else scaler.scale(loss)).backward()
+        if before_step is not None:
+            before_step()
+        if scaler is None:
+            optimizer.step()
+        else:
+            scaler.step(optimizer)
+            scaler.update()
 
     # ---- what is evaluated and saved ------------------------------------------------------------------------
     def state_dict(self) -> dict:

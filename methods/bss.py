@@ -97,7 +97,7 @@ def bss_attack(model: nn.Module, x: torch.Tensor, target: torch.Tensor, attack_c
         adv.requires_grad_(True)
         with torch.enable_grad():
             out = model(adv)[0]
-            p = F.softmax(out, dim=1)
+            p = F.softmax(out.float(), dim=1)  # under autocast the logits are bf16/fp16: probabilities in fp32
             p_y = p.gather(1, target.unsqueeze(1)).squeeze(1)
             p_c = p.gather(1, attack_class.unsqueeze(1)).squeeze(1)
             grad = torch.autograd.grad((p_c - p_y).sum(), adv)[0]
@@ -139,11 +139,12 @@ class BSS(Method):
 
     def attack_batch(self, x, y, s_logits, t_logits):
         """(attacked images, their indices in the batch); images is None when no sample qualifies."""
+        s_logits, t_logits = s_logits.detach().float(), t_logits.detach().float()  # fp32 under autocast too
         with torch.no_grad():
-            idx = select_samples(s_logits.detach(), t_logits.detach(), y, int(self.hp["attack_size"]))
+            idx = select_samples(s_logits, t_logits, y, int(self.hp["attack_size"]))
         if idx.numel() == 0:
             return None, idx
-        attack_class = sample_attack_class(t_logits.detach()[idx], self.ctx.generator)
+        attack_class = sample_attack_class(t_logits[idx], self.ctx.generator)
         adv = bss_attack(self.teacher, x[idx], y[idx], attack_class, self.hp["step_alpha"],
                          int(self.hp["num_steps"]), self.hp["attack_eps"], self.hp["bound"])
         return adv, idx
@@ -158,5 +159,5 @@ class BSS(Method):
             if adv is not None:
                 adv_s, _ = self.student(adv)
                 adv_t, _ = self.teacher_forward(adv)
-                out["bss"] = weight * bss_loss(adv_s, adv_t, self.hp["T"])
+                out["bss"] = weight * self.in_fp32(bss_loss, adv_s, adv_t, self.hp["T"])
         return out

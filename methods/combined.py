@@ -136,7 +136,7 @@ class CombinedMethod(Method):
         out = {"ce": F.cross_entropy(logits, batch.y)}
         t_logits, t_feats = self.teacher_forward(batch.x)
         for part, comp in self.components.items():
-            for key, value in comp.distill(logits, feats, t_logits, t_feats, batch, info).items():
+            for key, value in self.in_fp32(comp.distill, logits, feats, t_logits, t_feats, batch, info).items():
                 out[key if key not in out else f"{part}.{key}"] = value
         return out
 

@@ -65,9 +65,9 @@ class DML(Method):
         w = self.hp["weight"]
         return {
             "ce": F.cross_entropy(logits, batch.y),
-            "kl": w * dml_loss(logits, peer_logits.detach()),
+            "kl": w * self.in_fp32(dml_loss, logits, peer_logits.detach()),
             "peer_ce": F.cross_entropy(peer_logits, batch.y),
-            "peer_kl": w * dml_loss(peer_logits, logits.detach()),
+            "peer_kl": w * self.in_fp32(dml_loss, peer_logits, logits.detach()),
         }
 
     def eval_model(self) -> nn.Module:

@@ -118,10 +118,10 @@ class EKD(Method):
         _, outs = self.student.forward_branches(batch.x)
         with torch.no_grad():
             t_outs = [t(batch.x) for t in self.teachers]
-        out = ekd_loss([z for z, _ in outs], [t for t, _ in t_outs], batch.y, self.hp["T"], self.hp["weight"],
-                       self.hp["ens_ce"])
+        out = self.in_fp32(ekd_loss, [z for z, _ in outs], [t for t, _ in t_outs], batch.y, self.hp["T"],
+                           self.hp["weight"], self.hp["ens_ce"])
         if self.hp["hint_weight"] > 0:
-            hint = sum(F.mse_loss(a(f["pool"]), tf["pool"])
+            hint = sum(self.in_fp32(lambda a, f, tf: F.mse_loss(a(f), tf), a, f["pool"], tf["pool"])
                        for a, (_, f), (_, tf) in zip(self.extra["hint"], outs, t_outs))
             out["hint"] = self.hp["hint_weight"] * hint
         return out

@@ -96,11 +96,12 @@ class FSP(Method):
         if info.stage.role != "init":
             return super().train_step(batch, info, optimizer)
         losses = self.losses(batch, info)
-        optimizer.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-        optimizer.step()
+
+        def zero_for_unreached():  # the reference's CE * 0: zero gradients, so decay and momentum still act
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+
+        self.backward_step(sum(losses.values()), optimizer, before_step=zero_for_unreached)
         return {k: v.detach() for k, v in losses.items()}

@@ -160,18 +160,14 @@ class KDFM(Method):
         disc = self.extra["disc"]
         # 1. discriminator step on detached student maps
         disc.requires_grad_(True)
-        d_loss = kdfm_discriminator_loss(disc(f_t), disc(f_s.detach()))
-        self.d_opt.zero_grad(set_to_none=True)
-        d_loss.backward()
-        self.d_opt.step()
+        d_loss = self.in_fp32(kdfm_discriminator_loss, disc(f_t), disc(f_s.detach()))
+        self.backward_step(d_loss, self.d_opt)
         disc.requires_grad_(False)
         # 2. student step against the updated discriminator
         hp = self.hp
-        losses = kdfm_student_loss(f_s, f_t, z_s, z_t, batch.y, disc(f_s), hp["T"], hp["weight"], hp["adv"],
-                                   hp["kd"], hp["ce"])
-        optimizer.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        optimizer.step()
+        losses = self.in_fp32(kdfm_student_loss, f_s, f_t, z_s, z_t, batch.y, disc(f_s), hp["T"], hp["weight"],
+                              hp["adv"], hp["kd"], hp["ce"])
+        self.backward_step(sum(losses.values()), optimizer)
         return {**{k: v.detach() for k, v in losses.items()}, "disc": d_loss.detach()}
 
     def state_dict(self) -> dict:

@@ -116,8 +116,8 @@ class OECKD(Method):
         adapt = self.extra["adapt"]
         adapted = [[adapt[f"s{l}_{s}"](outs[l - 1][1][s]) for s in STAGES] for l in range(2, len(outs) + 1)]
         hp = self.hp
-        return oeckd_loss(logits, batch.y, pt_maps, adapted, hp["T"], hp["ce_weight"], hp["inter_weight"],
-                          hp["weight"])
+        return self.in_fp32(oeckd_loss, logits, batch.y, pt_maps, adapted, hp["T"], hp["ce_weight"],
+                            hp["inter_weight"], hp["weight"])
 
     def eval_model(self) -> nn.Module:
         """The ensemble teacher (the whole multi-branch net): see the module docstring for why not student 1."""

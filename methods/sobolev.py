@@ -40,6 +40,7 @@ class Sobolev(Method):
     defaults = {"weight": 20.0}
     student_taps = teacher_taps = ("logits",)
     loss_fn = staticmethod(sobolev_loss)
+    no_compile = "it back-propagates twice through the student, which torch.compile does not support"
 
     @classmethod
     def reference_call(cls, inputs: dict, hparams: dict):

@@ -6,6 +6,7 @@ features that distillation methods tap; the ReLUs are not in-place, so the pre-a
 """
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -48,11 +49,18 @@ class BasicBlock(nn.Module):
 
     def forward_pre(self, x):
         """Return the block output before its final ReLU (the 'pre-activation' feature)."""
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = _relu(self.bn1(self.conv1(x)))
         return self.bn2(self.conv2(out)) + self.shortcut(x)
 
     def forward(self, x):
-        return F.relu(self.forward_pre(x))
+        return _relu(self.forward_pre(x))
+
+
+def _relu(x):
+    """ReLU of a temporary: in place when no graph is recorded (a frozen teacher's forward), which saves one
+    activation-sized allocation per ReLU and gives the same values; out of place when training, where autograd
+    keeps the input."""
+    return F.relu(x, inplace=not torch.is_grad_enabled())
 
 
 class CifarResNet(nn.Module):

@@ -165,11 +165,18 @@ def _seed_key(seed):
 BASELINE = "student"
 
 
+PRECISIONS = ("bf16", "fp16")  # a variant naming one of these is a reduced-precision run (report/collect.py)
+
+
 def baseline_of(row: RowId) -> RowId | None:
-    """The row a row is paired with: the student trained alone on the same network (its seed's students all
-    start from the same weights); None for the teacher and the baselines themselves."""
+    """The row a row is paired with: the student trained alone on the same network and in the same precision
+    (its seed's students all start from the same weights); None for the teachers and the baselines themselves."""
     key, arch = row
-    return None if key in ("teacher", BASELINE) else (BASELINE, arch)
+    base, variant = split_variant(key)
+    if base in ("teacher", BASELINE):
+        return None
+    precision = [p for p in variant.split(", ") if p in PRECISIONS]
+    return (f"{BASELINE}[{precision[0]}]" if precision else BASELINE, arch)
 
 
 def paired_stats(runs: pd.DataFrame, column: str, rows: Iterable[RowId] | None = None

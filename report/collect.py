@@ -21,9 +21,17 @@ COLUMNS = ["dataset", "method", "role", "seed", "student", "teacher", "status",
 VARIANT = "variant"
 
 
-def _variant(info: dict) -> str:
+def _variant(info: dict, spec) -> str:
+    """The run's row variant: its hyperparameters' difference from the defaults, and its precision when not
+    fp32 ("T=2, bf16"): a bf16 run never shares a row, a mean or a paired baseline with fp32 runs."""
     value = info.get(VARIANT)
-    return value if isinstance(value, str) else ""
+    parts = [value if isinstance(value, str) else "", reduced_precision(spec)]
+    return ", ".join(p for p in parts if p)
+
+
+def reduced_precision(spec) -> str:
+    precision = getattr(spec.protocol, "precision", "fp32")
+    return "" if precision == "fp32" else precision
 
 
 def run_rows(results_dir: str | Path) -> pd.DataFrame:
@@ -32,7 +40,7 @@ def run_rows(results_dir: str | Path) -> pd.DataFrame:
         state = folder.state()
         row = {"dataset": spec.data.label, "method": spec.method or spec.kind, "role": info.get("role", "method"),
                "seed": spec.seed, "student": spec.student, "teacher": (spec.teacher or {}).get("arch"),
-               "status": state.value, "run_id": folder.run_id, VARIANT: _variant(info)}
+               "status": state.value, "run_id": folder.run_id, VARIANT: _variant(info, spec)}
         final = folder.read_final() if state in (State.DONE, State.FAILED) else None
         if final is not None:
             row.update({k: v for k, v in final.items() if k in COLUMNS and k not in ("status", "dataset")})
@@ -64,8 +72,8 @@ def training_curves(results_dir: str | Path, label: str) -> dict[str, list[list[
         if spec.data.label != label or spec.kind != "train" or folder.state() != State.DONE:
             continue
         name = {"teacher": "teacher", "student": "student"}.get(info.get("role"), spec.method)
-        if _variant(info):
-            name += f"[{_variant(info)}]"  # the row key of report/aggregate.py `with_rows`
+        if _variant(info, spec):
+            name += f"[{_variant(info, spec)}]"  # the row key of report/aggregate.py `with_rows`
         curves.setdefault(name, []).append([r["test"]["top1"] for r in folder.read_epochs()])
     return curves
 

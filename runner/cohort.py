@@ -19,6 +19,12 @@ tensors (a fresh dict of the same feature tensors each). It is lazy: a batch on 
 (only CE members, FSP/AB past their init stage) costs no teacher forward at all. A forward on any other input (BSS's
 adversarial samples) is not the cached batch and runs as it would alone.
 
+Precision and layout: members share the protocol, so also its precision (`stream_key`: bf16 and fp16 runs form
+cohorts of their own, never with fp32 runs); each member steps under its own autocast and keeps its own gradient
+scaler (fp16), and the shared teacher forward runs inside the first asking member's step, under that same
+autocast. The env's memory layout and `--compile` apply to every member alike; with channels-last, the shared
+loader converts each batch once (`runner.env.ChannelsLast`), so the members still receive one tensor per batch.
+
 Who joins (`JOIN`), and who runs apart (`APART`), per method:
 - join, sharing the teacher forward through the hook: logits, st, at, fitnet, nst, pkt, rkd, sp, cc, irg, vid,
   ofd, afd, crd, dkd, dist, lskd, reviewkd; the staged fsp and ab (teacher in their init stage only: afterwards
@@ -91,7 +97,7 @@ def _canon(value) -> str:
 
 
 def stream_key(spec: RunSpec) -> tuple:
-    """What the batch stream depends on: runs of one cohort share it."""
+    """What the batch stream depends on: runs of one cohort share it (and the protocol's precision with it)."""
     return (_canon(spec.to_dict()["data"]), spec.seed, _canon(spec.to_dict()["protocol"]))
 
 

@@ -61,6 +61,8 @@ class ChannelsLast:
         return len(self.loader)
 
     def __getattr__(self, name):
+        if name == "loader":  # not set yet (a copy being built): no recursion
+            raise AttributeError(name)
         return getattr(self.loader, name)
 
     @staticmethod

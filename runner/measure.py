@@ -60,9 +60,26 @@ def count_flops(forward: Callable[[torch.Tensor], object], sample: torch.Tensor)
     return int(counter.get_total_flops())
 
 
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def under_precision(forward: Callable[[torch.Tensor], object], precision: str, device: torch.device):
+    """`forward` as the run computes it: as is in fp32, under autocast to bf16/fp16 otherwise."""
+    if precision == "fp32":
+        return forward
+    dtype = _DTYPES[precision]
+
+    def run(x):
+        with torch.autocast(device.type, dtype=dtype):
+            return forward(x)
+    return run
+
+
 def measure(forward, inputs: torch.Tensor, params: int, extra_params: int = 0, batch_size: int = 128,
             repeats: int = 5, precision: str = "fp32") -> dict:
+    """Time and count one network on `inputs` in the run's precision (`fp32`, or autocast to `bf16`/`fp16`)."""
     device = inputs.device
+    forward = under_precision(forward, precision, device)
     times = time_inference(forward, inputs, batch_size, repeats)
     return {
         "inference_time_s": round(statistics.median(times), 4), "inference_times_s": [round(t, 4) for t in times],

@@ -23,7 +23,7 @@ from methods.registry import plugin_records
 from models import MODELS
 from models.pretrained import file_sha256, load_teacher
 
-from .spec import DataSpec, Protocol, RunSpec
+from .spec import DEFAULT_PRECISION, PRECISIONS, DataSpec, Protocol, RunSpec
 
 
 def load_presets() -> dict:
@@ -40,7 +40,10 @@ PROTOCOL_RULES = {"epochs": (int, lambda v: v >= 1, "at least 1"), "batch_size":
                   "nesterov": (bool, lambda v: True, ""), "weight_decay": (float, lambda v: v >= 0, "0 or more"),
                   "padding": (int, lambda v: 0 <= v <= 16, "in 0..16"),
                   "pad_mode": (str, lambda v: v in ("zeros", "reflect"), "zeros or reflect"),
-                  "flip": (bool, lambda v: True, "")}
+                  "flip": (bool, lambda v: True, ""),
+                  "precision": (str, lambda v: v in PRECISIONS, " or ".join(PRECISIONS))}
+# protocol settings a preset may leave out, and their value then
+PROTOCOL_OPTIONAL = {"precision": DEFAULT_PRECISION}
 
 
 DATA_KEYS = {"source": "disk or synthetic", "train_size": "a fixed training subset (an int, or null: all)",
@@ -110,6 +113,7 @@ def checked_protocol(settings: dict, where: str) -> Protocol:
     unknown = set(settings) - set(PROTOCOL_RULES)
     if unknown:
         raise UserError(f"{where}: unknown protocol setting(s) {sorted(unknown)}; known: {', '.join(PROTOCOL_RULES)}")
+    settings = {**PROTOCOL_OPTIONAL, **settings}
     missing = set(PROTOCOL_RULES) - set(settings)
     if missing:
         raise UserError(f"{where}: protocol setting(s) {sorted(missing)} missing")
@@ -156,6 +160,7 @@ class PlanRequest:
     download: bool = False
     sets: list[str] = field(default_factory=list)  # `--set METHOD.KEY=VALUE[,VALUE...]` (see `parse_sets`)
     pairs: list[tuple[str, str]] | None = None  # (teacher, student) pairs (runner/pairs.py): one plan each
+    precision: str | None = None  # fp32 | bf16 | fp16 for every trained run, teachers included (None: the preset's)
 
 
 def _check_model(name: str, role: str) -> None:
@@ -194,10 +199,14 @@ def plan(req: PlanRequest) -> list[list[PlannedRun]]:
         settings["epochs"] = req.epochs
     if req.pad_mode is not None:
         settings["pad_mode"] = req.pad_mode
+    if req.precision is not None:
+        settings["precision"] = req.precision
     protocol = checked_protocol(settings, f"preset {req.preset!r}")
     teacher_overrides = dict(preset.get("teacher_protocol", {}))
     if req.epochs is not None:
         teacher_overrides.pop("epochs", None)
+    if req.precision is not None:  # the command line's precision is the sweep's: its teachers' too
+        teacher_overrides.pop("precision", None)
     teacher_protocol = checked_protocol({**settings, **teacher_overrides}, f"preset {req.preset!r} teacher_protocol")
     student = req.student or preset["student"]
     teacher_arch = req.teacher or preset["teacher"]
@@ -211,7 +220,8 @@ def plan(req: PlanRequest) -> list[list[PlannedRun]]:
 
     published = None
     if req.teacher_checkpoint:
-        model, arch = load_teacher(req.teacher_checkpoint, info_ds.num_classes, (info_ds.mean, info_ds.std))
+        model, arch = load_teacher(req.teacher_checkpoint, info_ds.num_classes, (info_ds.mean, info_ds.std),
+                                   arch=req.teacher)  # --teacher, if given, must be what the file holds
         del model
         published = {"sha256": file_sha256(req.teacher_checkpoint), "arch": arch}
     else:
@@ -452,7 +462,7 @@ def parse_sets(items: list[str], methods: list[str]) -> dict[str, list[dict]]:
             hint = [m for m in planned if name in m.split("+")]
             raise UserError(f"{where}: {name} is not planned (--methods " + ",".join(planned) + ")" +
                             (f"; to set it inside a combination: --set {hint[0]}.{name}.{key}={text}" if hint
-                             else f"; add it to --methods"))
+                             else "; add it to --methods"))
         defaults = _flat(cls.defaults)
         if key not in defaults:
             raise UserError(f"{where}: {name} has no hyperparameter {key!r}; {_known_keys(name, cls)}")

@@ -1,7 +1,9 @@
 """What a run is: `Protocol` (training settings), `DataSpec`, `RunSpec`, and the run id (a hash of the spec).
 
 The protocol is the only home of the training settings, so every method is trained identically by
-construction. Paths, launcher, device, threads and determinism are not part of a spec and not in its hash.
+construction. Paths, launcher, device, threads, determinism, memory layout and compilation are not part of a spec
+and not in its hash. The numeric precision is (it changes results): `Protocol.precision`, hashed only when it is
+not fp32, so every fp32 run keeps the id it had before the setting existed.
 """
 from __future__ import annotations
 
@@ -10,6 +12,12 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+
+
+# How training computes (methods/base.py `Precision`): fp32 (the paper's), or autocast to bfloat16 / float16
+# (float16 with a gradient scaler). Evaluation runs under the same autocast.
+PRECISIONS = ("fp32", "bf16", "fp16")
+DEFAULT_PRECISION = "fp32"
 
 
 @dataclass(frozen=True)
@@ -23,6 +31,11 @@ class Protocol:
     padding: int = 4
     pad_mode: str = "zeros"  # the paper says "pad 4"; the reference code pads by reflection ("reflect")
     flip: bool = True
+    precision: str = DEFAULT_PRECISION  # fp32 | bf16 | fp16; in the run id only when not fp32 (`RunSpec.to_dict`)
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
 
 
 @dataclass(frozen=True)
@@ -71,7 +84,13 @@ class RunSpec:
             raise ValueError(f"unknown run kind {self.kind!r}; known: {', '.join(RUN_KINDS)}")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The spec as plain values: what spec.json records and the run id hashes. The protocol's precision is
+        left out when it is the default (fp32), so fp32 runs keep the ids (and folders) they had before the
+        setting existed; `from_dict` reads its absence as fp32."""
+        d = dataclasses.asdict(self)
+        if d["protocol"]["precision"] == DEFAULT_PRECISION:
+            del d["protocol"]["precision"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunSpec":

@@ -1,8 +1,9 @@
 """The `train` kind: build the networks, train through the method's stages, evaluate every epoch, checkpoint, finish.
 
-Resuming is exact: the checkpoint holds every weight, buffer, optimiser state and RNG state, and the batch
-stream depends only on (seed, epoch), so a run killed at any point and resumed ends with the same metrics as
-one never interrupted (in deterministic mode; on CPU that is the default behaviour of the kernels used).
+Resuming is exact: the checkpoint holds every weight, buffer, optimiser state, RNG state and (fp16) the gradient
+scaler's state, and the batch stream depends only on (seed, epoch), so a run killed at any point and resumed ends
+with the same metrics as one never interrupted (in deterministic mode; on CPU that is the default behaviour of the
+kernels used).
 """
 from __future__ import annotations
 
@@ -19,15 +20,16 @@ from core.errors import Diverged, UserError
 from core.seeding import method_generator, seeded
 from data import EvalLoader, TrainLoader, dataset_info
 from methods import get_method
-from methods.base import Context, StepInfo
+from methods.base import Context, Precision, StepInfo
 from models import build_seeded, count_parameters
 from models.branches import MultiBranchNet
 from models.pretrained import file_sha256, load_teacher
 
-from .env import RunEnv, cached_splits, set_deterministic, test_loader
+from .env import ChannelsLast, RunEnv, cached_splits, check_compile, set_deterministic, test_loader
 from .evaluate import evaluate
 from .folder import RunFolder
 from .measure import measure, save_measurement
+from .progress import Pace
 from .spec import RunSpec, member_run_id
 from .store import CorruptFile, describe_error, load_checked, save_checked, write_atomic, write_json_checked
 
@@ -249,18 +251,40 @@ class Run:
                 raise UserError(f"teacher model {t_path} ({ref['arch']}) is missing: finish that teacher run first")
             extra_teachers[ref["arch"]] = load_teacher(t_path, info_ds.num_classes, norm)[0].to(self.device)
         gen = method_generator(spec.seed, spec.method)
+        # a fresh precision (and gradient scaler) with every build: a rebuilt run starts over from scratch
+        self.precision = Precision(spec.protocol.precision, self.device)
         ctx = Context(num_classes=info_ds.num_classes, dataset=spec.data.dataset, seed=spec.seed,
                       device=self.device, train_labels=train.labels.to(self.device),
-                      epochs=spec.protocol.epochs, generator=gen, extra_teachers=extra_teachers)
+                      epochs=spec.protocol.epochs, generator=gen, extra_teachers=extra_teachers,
+                      precision=self.precision)
         probe = next(iter(EvalLoader(test, 2, *norm, device=self.device))).x
         method = build_method(spec.method, spec.hparams, student, teacher, ctx, probe)
+        self._apply_execution(method)
         if self.train_loader is None:
             p = spec.protocol
             self.train_loader = TrainLoader(train, p.batch_size, *norm, seed=spec.seed, device=self.device,
                                             padding=p.padding, pad_mode=p.pad_mode, flip=p.flip)
             self.test_loader = EvalLoader(test, self.env.test_batch_size, *norm, device=self.device)
+            if self.env.uses_channels_last:
+                self.train_loader, self.test_loader = ChannelsLast(self.train_loader), ChannelsLast(self.test_loader)
         self.norm = norm
         self.method = method
+
+    def _apply_execution(self, method) -> None:
+        """The env's execution settings, which change no result beyond float rounding: channels-last memory
+        format for every network (the batches follow in `_build`), torch.compile of the student's forward (in
+        place, `nn.Module.compile`: its state_dict keys, checkpoints and model.pt stay those of the plain module)."""
+        if self.env.uses_channels_last:
+            nets = [method.student, method.extra, method.teacher, *method.ctx.extra_teachers.values()]
+            for net in nets:
+                if net is not None:
+                    net.to(memory_format=torch.channels_last)
+        if self.env.compile:
+            check_compile(self.env.compile, self.env.device)
+            if method.no_compile is None:
+                method.student.compile(backend=self.env.compile)
+            else:
+                self.log(f"--compile: not applied to {self.spec.method} ({method.no_compile}): it trains eagerly")
 
     # ---- the loop ------------------------------------------------------------------------------------------
     def _resume(self):
@@ -293,6 +317,7 @@ class Run:
         missing = {"epoch", "rows", "student", "method", "optimizer", "rng"} - set(ckpt)
         if missing:
             raise ValueError(f"missing {sorted(missing)}")
+        self.precision.load_state_dict(ckpt.get("scaler"))  # fp16: its gradient scaler; the others have none
         stages = self.method.stages(self.spec.protocol)
         starts = np.cumsum([0] + [s.epochs for s in stages]).tolist()
         epoch, rows, opt_state = ckpt["epoch"], ckpt["rows"], ckpt["optimizer"]
@@ -319,9 +344,11 @@ class Run:
         return epoch, rows, opt_state
 
     def _save(self, epoch: int, rows: list[dict], optimizer) -> None:
-        save_checked({"epoch": epoch, "rows": rows, "student": self.method.student.state_dict(),
-                      "method": self.method.state_dict(), "optimizer": optimizer.state_dict(),
-                      "rng": _rng_state(self.method)}, self.folder.ckpt)
+        ckpt = {"epoch": epoch, "rows": rows, "student": self.method.student.state_dict(),
+                "method": self.method.state_dict(), "optimizer": optimizer.state_dict(), "rng": _rng_state(self.method)}
+        if self.precision.scaler is not None:
+            ckpt["scaler"] = self.precision.state_dict()
+        save_checked(ckpt, self.folder.ckpt)
         write_atomic(self.folder.epochs, "".join(json.dumps(r) + "\n" for r in rows).encode())
 
     # One epoch in three steps, so that a cohort (runner/cohort.py) can drive the epochs of several runs over one
@@ -342,6 +369,7 @@ class Run:
         self.starts = np.cumsum([0] + [s.epochs for s in self.stages]).tolist()
         self.total = self.starts[-1]
         self.epoch, self.rows, self._opt_state = self._resume()
+        self.pace = Pace(self.epoch)
         if self.rows and len(self.folder.read_epochs()) != len(self.rows):
             # killed between the checkpoint and the epoch log: the checkpoint's rows are the truth
             write_atomic(self.folder.epochs, "".join(json.dumps(r) + "\n" for r in self.rows).encode())
@@ -370,7 +398,12 @@ class Run:
     def train_batch(self, step: int, batch) -> None:
         """One update on one batch of `train_loader.epoch(self.epoch)`."""
         self.step_info.step = step
-        losses = self.method.train_step(batch, self.step_info, self.optimizer)
+        if self.precision.reduced:
+            with self.precision.autocast():
+                losses = self.method.train_step(batch, self.step_info, self.optimizer)
+            losses = {k: v.float() for k, v in losses.items()}  # epoch sums in fp32
+        else:
+            losses = self.method.train_step(batch, self.step_info, self.optimizer)
         for k, v in losses.items():
             self._sums[k] = self._sums.get(k, 0.0) + v
 
@@ -398,14 +431,16 @@ class Run:
         if means is None:
             means = self.epoch_losses()
         stage, lr, rows = self.step_info.stage, self.lr, self.rows
-        test = evaluate(self.method.eval_model(), self.test_loader)
+        with self.precision.autocast():  # evaluated as trained: fp32, or under the run's autocast
+            test = evaluate(self.method.eval_model(), self.test_loader)
         row = {"epoch": self.epoch + 1, "stage": stage.name, "lr": lr, "losses": means, "test": test,
                "train_time": round(train_time, 3)}
         if self.claim is not None:
             self.claim.check()  # taken over while this process was frozen: stop, write nothing more
         members = self.method.member_models()
         if members:
-            row["members"] = {k: evaluate(m, self.test_loader) for k, m in members.items()}
+            with self.precision.autocast():
+                row["members"] = {k: evaluate(m, self.test_loader) for k, m in members.items()}
         if not rows or test["top1"] > max(r["test"]["top1"] for r in rows):
             # the best-epoch weights, for ensembles of best-epoch members (written before the checkpoint:
             # a crash in between redoes this epoch and rewrites the same file)
@@ -414,8 +449,8 @@ class Run:
         self.epoch += 1
         self._save(self.epoch, rows, self.optimizer)
         loss_txt = " ".join(f"{k}={v:.4g}" for k, v in means.items())
-        self.log(f"epoch {self.epoch}/{self.total} [{stage.name}] lr={lr:g} {loss_txt} top1={test['top1']:.2f} "
-                 f"({train_time:.1f}s)")
+        where = self.pace.where(self.spec.run_id, self.epoch, self.total, self.env.progress)
+        self.log(f"{where} [{stage.name}] lr={lr:g} {loss_txt} top1={test['top1']:.2f} ({train_time:.1f}s train)")
 
     def run_epoch(self) -> None:
         self.begin_epoch()
@@ -441,7 +476,8 @@ class Run:
     def _measure(self, model, record: dict) -> None:
         model.eval()
         inputs = torch.cat([b.x for b in self.test_loader])
-        m = measure(model, inputs, record["params"], record["extra_params"], repeats=self.env.measure_repeats)
+        m = measure(model, inputs, record["params"], record["extra_params"], repeats=self.env.measure_repeats,
+                    precision=self.precision.name)
         m.update({k: record[k] for k in ("run_id", "method", "dataset", "seed", "role")})
         save_measurement(self.folder.path, m)
 
@@ -458,6 +494,7 @@ class Run:
             "train_time_s": round(sum(r["train_time"] for r in rows), 2),
             "model_sha256": file_sha256(self.folder.model),
             "role": self.info.get("role", "method"),
+            "precision": self.precision.name,  # of training and of every evaluation (test accuracy)
         }
         if self.env.measure_repeats:
             self._measure(model, record)
@@ -496,14 +533,15 @@ def remeasure(folder: RunFolder, spec: RunSpec, info: dict, final: dict, env: Ru
     ds = dataset_info(spec.data.dataset)
     inputs = torch.cat([b.x for b in test_loader(spec.data, env)])
     model = load_teacher(folder.model, ds.num_classes, (ds.mean, ds.std))[0].to(inputs.device)
-    repeats = env.measure_repeats or 3
-    records = [{**measure(model, inputs, count_parameters(model), final.get("extra_params", 0), repeats=repeats),
+    repeats, precision = env.measure_repeats or 3, spec.protocol.precision
+    records = [{**measure(model, inputs, count_parameters(model), final.get("extra_params", 0), repeats=repeats,
+                          precision=precision),
                 "role": final.get("role", info.get("role", "method"))}]
     if isinstance(model, MultiBranchNet):
         # `<letter><j>` is stem + branch j (OEC-KD's s1.., EKD's b1..), any other key the whole network
         for key in final.get("members") or {}:
             member = model.member(int(key[1:]) - 1) if key[1:].isdigit() else model
-            records.append({**measure(member, inputs, count_parameters(member), repeats=repeats),
+            records.append({**measure(member, inputs, count_parameters(member), repeats=repeats, precision=precision),
                             "run_id": member_run_id(folder.run_id, key), "method": f"{final['method']}-{key}",
                             "role": "member"})
     return records
