@@ -89,6 +89,14 @@ def _cell_runs(runs: pd.DataFrame, key: str, pair: tuple[str, str]) -> tuple[pd.
     return mine, student
 
 
+def _pair_runs(runs: pd.DataFrame, pair: tuple[str, str]) -> pd.DataFrame:
+    """Every run one pair's cells read: its teacher, its student alone, its methods from this teacher."""
+    teacher, student = pair
+    keep = [(r == "teacher" and a == teacher) or (a == student and (r == "student" or _text(t) in (None, teacher)))
+            for r, a, t in zip(runs["row"], runs["arch"], runs["teacher"])]
+    return runs[keep]
+
+
 def _excluded(pair: tuple[str, str], method: str) -> str | None:
     """Why `method` is left out of `pair` (runner/pairs.py), or None; rows that are no registered method (an
     ensemble, a run's member network, a plugin not loaded here) are never excluded."""
@@ -138,8 +146,11 @@ def _table(runs: pd.DataFrame, pairs: list, rows: list[str], label: str | None, 
         LEGEND, *([CHANCE_NOTE] if chance else [])])
     shown = runs[[(r in ("teacher",) and a in {t for t, _ in pairs}) or a in {s for _, s in pairs}
                   for r, a in zip(runs["row"], runs["arch"])]]
-    # Table 1's note on epochs is about Kang & Gwak's 200; Tian et al. train 240
-    notes = [n for n in run_notes({"cifar100": shown}, {"cifar100": label}) if "the paper trains" not in n]
+    # per pair, so that one student distilled from two teachers (vgg8 from vgg13 and from resnet50) is two cells,
+    # not "several runs of one seed"; Table 1's note on epochs is about Kang & Gwak's 200 (Tian et al. train 240)
+    notes = list(dict.fromkeys(n for pair in pairs for n in run_notes({"cifar100": _pair_runs(runs, pair)},
+                                                                      {"cifar100": label})
+                               if "the paper trains" not in n))
     epochs = sorted({int(e) for e in pd.to_numeric(shown.loc[shown["status"].astype(str).str.upper() == "DONE",
                                                              "epochs"], errors="coerce").dropna()})
     if real and epochs and epochs != [TIAN_EPOCHS]:

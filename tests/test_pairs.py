@@ -201,6 +201,20 @@ def test_table_crd_cells(summary):
     assert tc.table_crd(summary, "nothing-here") == []
 
 
+def test_one_student_from_two_teachers_is_two_cells_not_a_duplicate():
+    """vgg8 distilled from vgg13 and from resnet50 with seed 0: one run per cell, no "several runs" note."""
+    runs = [run("ce", "teacher", 0, "vgg13", None, "DONE", 74.0), run("ce", "teacher", 0, "resnet50", None, "DONE", 79.0),
+            run("ce", "student", 0, "vgg8", None, "DONE", 70.0),
+            run("st", "method", 0, "vgg8", "vgg13", "DONE", 72.0), run("st", "method", 0, "vgg8", "resnet50", "DONE", 73.0)]
+    same, cross = tc.table_crd(pd.DataFrame(runs, columns=COLUMNS), "cifar100")
+    assert {label: cells for label, cells in same.panels[0][1]}["Soft target"][0] == "72.00 (n=1)"
+    assert {label: cells for label, cells in cross.panels[0][1]}["Soft target"][0] == "73.00 (n=1)"
+    assert same.notes == [] and cross.notes == []
+    runs.append(run("st", "method", 0, "vgg8", "vgg13", "DONE", 71.0))  # a real duplicate is still said
+    same, _ = tc.table_crd(pd.DataFrame(runs, columns=COLUMNS), "cifar100")
+    assert any("several DONE runs with seed 0" in n for n in same.notes)
+
+
 def test_published_numbers():
     df = tc._published()
     assert len(df) == 7 * 15 - 1 + 6 * 14  # FSP on wrn_40_2 -> wrn_40_1 is not run (printed 0.00)
