@@ -41,6 +41,7 @@ from methods import get_method, method_names  # noqa: E402
 from methods.base import Context, StepInfo  # noqa: E402
 from models import build_seeded  # noqa: E402
 from runner.spec import Protocol  # noqa: E402
+from models.frozen import frozen_teacher  # noqa: E402
 from runner.train import build_method, make_optimizer  # noqa: E402
 
 STAGE_ROLE = {"fsp": "init", "ab": "init"}  # timed in this stage; every other method in its main stage
@@ -67,12 +68,13 @@ class Harness:
             teacher = build_seeded(args.teacher, NUM_CLASSES, 1).to(device)
             with torch.no_grad():
                 teacher.train()(x)  # BatchNorm statistics of this batch
-            teacher.eval()
+            teacher = frozen_teacher(teacher.eval(), device)  # as the runner prepares a loaded teacher
             if name == "bss":  # labels the teacher gets right, and a student that agrees: the attack runs
                 with torch.no_grad():
                     y = teacher(x)[0].argmax(1)
                 self._fit(student, x, y)
-        extra = {a: build_seeded(a, NUM_CLASSES, 2).to(device).eval() for a in cls.teacher_archs(hp)}
+        extra = {a: frozen_teacher(build_seeded(a, NUM_CLASSES, 2).to(device).eval(), device)
+                 for a in cls.teacher_archs(hp)}
         n_train = 50_000
         ctx = Context(num_classes=NUM_CLASSES, dataset="cifar10", seed=0, device=device,
                       train_labels=torch.randint(0, NUM_CLASSES, (n_train,), generator=gen).to(device),

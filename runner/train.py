@@ -23,6 +23,7 @@ from methods import get_method
 from methods.base import Context, Precision, StepInfo
 from models import build_seeded, count_parameters
 from models.branches import MultiBranchNet
+from models.frozen import frozen_teacher
 from models.pretrained import file_sha256, load_teacher
 
 from .env import ChannelsLast, RunEnv, cached_splits, check_compile, set_deterministic, test_loader
@@ -243,13 +244,14 @@ class Run:
                                 f"{expected[:12]}): delete this run folder to retrain against the new teacher")
             self.info["teacher_sha256"] = sha
             teacher, _ = load_teacher(path, info_ds.num_classes, norm)
-            teacher = teacher.to(self.device)
+            teacher = frozen_teacher(teacher.to(self.device), self.device)
         extra_teachers = {}
         for ref in (spec.teacher or {}).get("extra", []):
             t_path = RunFolder(self.env.results_dir, ref["run"]).model
             if not t_path.is_file():
                 raise UserError(f"teacher model {t_path} ({ref['arch']}) is missing: finish that teacher run first")
-            extra_teachers[ref["arch"]] = load_teacher(t_path, info_ds.num_classes, norm)[0].to(self.device)
+            extra = load_teacher(t_path, info_ds.num_classes, norm)[0].to(self.device)
+            extra_teachers[ref["arch"]] = frozen_teacher(extra, self.device)
         gen = method_generator(spec.seed, spec.method)
         # a fresh precision (and gradient scaler) with every build: a rebuilt run starts over from scratch
         self.precision = Precision(spec.protocol.precision, self.device)
