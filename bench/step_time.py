@@ -8,7 +8,8 @@ cost"), so its ratios carry across machines:
   teacher's would be), then the teacher in eval mode;
 - FSP and AB timed in their init stage, FT in its main stage, every other method in its main stage;
 - BSS with the labels set to the teacher's predictions and the student first fitted to them, so that its
-  attack actually runs (it attacks only samples both networks classify correctly);
+  attack actually runs (it attacks only samples both networks classify correctly), and timed at its first
+  epoch past the warm-up (its loss weight is 0 before, and then no attack is made);
 - the methods are measured in rounds, method after method, `--rounds` times: each round gives every method
   `--warmup` steps, then `--repeats` timed steps; the figure is the median over all timed steps. Alternating
   keeps a slow drift of the machine from landing on one method.
@@ -86,7 +87,11 @@ class Harness:
         index = next(i for i, s in enumerate(stages) if s.role == role)
         stage = stages[index]
         start = sum(s.epochs for s in stages[:index])
-        self.info = StepInfo(start, sum(s.epochs for s in stages), stage, 0)
+        total = sum(s.epochs for s in stages)
+        self.info = StepInfo(start, total, stage, 0)
+        if hasattr(self.method, "weight_at"):  # BSS: no attack in its warm-up; time its first epoch with one
+            first = next(e for e in range(total) if self.method.weight_at(StepInfo(e, total, stage, e)) > 0)
+            self.info = StepInfo(first, total, stage, first)
         self.optimizer = make_optimizer(list(self.method.stage_parameters(stage)), protocol, stage)
         self.batch = Batch(x, y, torch.randperm(n_train, generator=gen)[: args.batch].to(device))
         self.device = device
