@@ -24,6 +24,14 @@ def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Te
     return w.detach(), b.detach()
 
 
+def grouped_pad_shortcut(x: torch.Tensor, members: int, pad: int) -> torch.Tensor:
+    """Option A's shortcut on `members` networks side by side along the channels: stride 2, then `pad` zero
+    channels on both sides of each member's own group (not of the whole tensor)."""
+    b, c, h, w = x.shape
+    x = x[:, :, ::2, ::2].reshape(b, members, c // members, h // 2, w // 2)
+    return F.pad(x, (0, 0, 0, 0, pad, pad)).reshape(b, -1, h // 2, w // 2)
+
+
 class _GroupedConv(nn.Module):
     """Member j's conv + BN, for every j, as one convolution over the concatenated channel groups."""
 
@@ -56,10 +64,7 @@ class _GroupedBlock(nn.Module):
             return self.shortcut(x)
         if self.pad is None:
             return x
-        b, c, h, w = x.shape  # option A: stride 2 and zero channels on both sides, within each member's group
-        x = x[:, :, ::2, ::2].reshape(b, self.members, c // self.members, h // 2, w // 2)
-        x = F.pad(x, (0, 0, 0, 0, self.pad, self.pad))
-        return x.reshape(b, -1, h // 2, w // 2).contiguous(memory_format=torch.channels_last)
+        return grouped_pad_shortcut(x, self.members, self.pad).contiguous(memory_format=torch.channels_last)
 
     def forward(self, x):
         return F.relu(self.conv2(F.relu(self.conv1(x))) + self._shortcut(x))

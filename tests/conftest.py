@@ -23,3 +23,14 @@ def shared_path(*parts: str) -> Path:
         pytest.skip(f"{path} not found: these checks need the project's ../shared folder "
                     "(present in CI; set KDBENCH_SHARED to its location)")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny batches (2-4 images): intra-op threads only add overhead there, and on a busy 2-core
+    machine two threads spin-wait on each other. Use with `pytestmark = pytest.mark.usefixtures("one_thread")`;
+    torch's thread count is restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -56,13 +56,7 @@ STAGES = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Batch-2 probes gain nothing from intra-op threads on a busy 2-core machine; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small batches: threads only add overhead (conftest)
 
 
 @functools.cache

@@ -26,13 +26,7 @@ C100 = DATASETS["cifar100"]
 NORM = (C100.mean, C100.std)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Batches of 2 images: more threads only add overhead on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small batches: threads only add overhead (conftest)
 
 
 # --- RepDistiller's names, from its models/*.py ----------------------------------------------------------------

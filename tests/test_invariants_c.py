@@ -20,13 +20,7 @@ from runner.train import build_method, make_optimizer
 NUM_CLASSES = 10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks run fastest on one thread (and do not slow down on a busy machine)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread is fastest (conftest)
 
 
 def context(seed=0, epochs=4):

@@ -34,13 +34,7 @@ NUM_CLASSES = 10
 MODERN = ("dkd", "dist", "lskd")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks and [8, C] logits run fastest on one thread."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread is fastest (conftest)
 
 
 def logits(batch=8, classes=100, seed=0, scale=3.0, dtype=torch.float64):

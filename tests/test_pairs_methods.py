@@ -42,13 +42,7 @@ for _pair in CRD_PAIRS:
     FIRST_PAIR_OF.setdefault(_pair[1], _pair)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Batch-4 steps gain little from intra-op threads on a busy 2-core machine; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small batches: threads only add overhead (conftest)
 
 
 def _calibrated(arch: str, x: torch.Tensor) -> nn.Module:
