@@ -141,6 +141,15 @@ class Context:
     precision: Precision = FP32  # the run's (runner/train.py); `Method.backward_step` applies its scaler
 
 
+def make_optimizer(params, protocol, stage: Stage) -> torch.optim.Optimizer:
+    """The SGD of one stage: the protocol's settings, the stage's first learning rate and its own overrides. The
+    one place it is made, for the runner (runner/train.py) and the method checks (methods/testing.py)."""
+    settings = dict(lr=stage.lr_at(0), momentum=protocol.momentum, nesterov=protocol.nesterov,
+                    weight_decay=protocol.weight_decay)
+    settings.update(dict(stage.optimizer))
+    return torch.optim.SGD(params, **settings)
+
+
 def main_stage(protocol) -> Stage:
     """The paper's schedule: lr divided by 10 once 50% and once 75% of the epochs are done.
 

@@ -23,7 +23,7 @@ from core.seeding import seeded
 from data import Batch
 from models import build_model
 
-from .base import KINDS, Context, Method, StepInfo
+from .base import KINDS, Context, Method, StepInfo, make_optimizer
 
 NUM_CLASSES = 10
 _NAME = re.compile(r"[a-z][a-z0-9_]*(\+[a-z][a-z0-9_]*)*")  # a registry key, or a combination of them
@@ -39,14 +39,6 @@ class CheckProtocol:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
-
-
-def sgd_for(params, protocol, stage) -> torch.optim.Optimizer:
-    """The optimiser of one stage, as the runner makes it (`runner.train.make_optimizer`)."""
-    settings = dict(lr=stage.lr_at(0), momentum=protocol.momentum, nesterov=protocol.nesterov,
-                    weight_decay=protocol.weight_decay)
-    settings.update(dict(stage.optimizer))
-    return torch.optim.SGD(params, **settings)
 
 
 def check_declares_itself(cls: type) -> None:
@@ -93,8 +85,7 @@ def make_pair(cls: type, hparams: dict | None = None, student: str = "resnet8", 
     return method, Batch(x, y, torch.arange(batch))
 
 
-def check_three_steps(cls: type, hparams: dict | None = None, protocol=None, optimizer_for=sgd_for,
-                      **pair) -> None:
+def check_three_steps(cls: type, hparams: dict | None = None, protocol=None, **pair) -> None:
     """In each of the method's stages: the optimiser gets the student and every trainable extra module (main
     stage), and three `train_step`s return finite losses under the same names each step. `pair` goes to
     `make_pair` (student, teacher, batch, seed, dataset)."""
@@ -105,7 +96,7 @@ def check_three_steps(cls: type, hparams: dict | None = None, protocol=None, opt
     total = sum(s.epochs for s in stages)
     for stage in stages:
         params = list(method.stage_parameters(stage))
-        optimizer = optimizer_for(params, protocol, stage)
+        optimizer = make_optimizer(params, protocol, stage)
         ids = {id(p) for g in optimizer.param_groups for p in g["params"]}
         if stage.role == "main":
             assert all(id(p) in ids for p in method.student.parameters()), \

@@ -20,7 +20,7 @@ from core.errors import Diverged, UserError
 from core.seeding import method_generator, seeded
 from data import EvalLoader, TrainLoader, dataset_info
 from methods import get_method
-from methods.base import Context, Precision, StepInfo
+from methods.base import Context, Precision, StepInfo, make_optimizer
 from models import build_seeded, count_parameters
 from models.branches import MultiBranchNet
 from models.frozen import frozen_teacher
@@ -173,13 +173,6 @@ def _check_optimizer(optimizer, settings: list[dict], what: str) -> None:
                 if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != p.shape:
                     raise ValueError(f"{what} state {key!r} has shape {tuple(value.shape)}, its parameter "
                                      f"{tuple(p.shape)}")
-
-
-def make_optimizer(params, protocol, stage):
-    settings = dict(lr=stage.lr_at(0), momentum=protocol.momentum, nesterov=protocol.nesterov,
-                    weight_decay=protocol.weight_decay)
-    settings.update(dict(stage.optimizer))
-    return torch.optim.SGD(params, **settings)
 
 
 def summarize(rows: list[dict]) -> dict:

@@ -28,7 +28,8 @@ from methods.base import Context, StepInfo
 from methods.fitnet import fitnet_loss
 from methods.ft import ft_loss
 from methods.nst import nst_loss
-from methods.testing import CheckProtocol, sgd_for
+from methods.base import make_optimizer
+from methods.testing import CheckProtocol
 from methods.vid import vid_loss
 from models import build_model
 from runner.pairs import CRD_PAIRS, PRE, STAGES, exclusions, feature_shapes
@@ -124,7 +125,7 @@ def _train(m, kit: PairKit) -> list[dict]:
         params = list(m.stage_parameters(stage))
         if not any(id(p) in student for p in params):
             continue
-        optimizer = sgd_for(params, protocol, stage)
+        optimizer = make_optimizer(params, protocol, stage)
         m.train(True)
         out.append(m.train_step(Batch(kit.x, kit.y, kit.y), StepInfo(0, sum(s.epochs for s in stages), stage, 0, 0),
                                 optimizer))

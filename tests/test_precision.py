@@ -15,7 +15,8 @@ import benchmark
 from core.errors import UserError
 from methods import get_method
 from methods.base import FP32, Precision, StepInfo
-from methods.testing import CheckProtocol, make_pair, sgd_for
+from methods.base import make_optimizer
+from methods.testing import CheckProtocol, make_pair
 from models import build_seeded
 from runner import env as env_module
 from runner.env import ChannelsLast, RunEnv, check_compile
@@ -194,7 +195,7 @@ def test_every_step_override_trains_without_nan_under_bf16(name):
     stages = method.stages(protocol)
     total = sum(s.epochs for s in stages)
     for stage in stages:  # FSP's init stage has its own step
-        optimizer = sgd_for(list(method.stage_parameters(stage)), protocol, stage)
+        optimizer = make_optimizer(list(method.stage_parameters(stage)), protocol, stage)
         before = [p.detach().clone() for p in method.student.parameters()]
         method.train(True)
         with method.ctx.precision.autocast():
@@ -210,7 +211,7 @@ def test_backward_step_goes_through_the_gradient_scaler_once_per_optimiser():
     method.ctx.precision = precision = Precision("fp16", "cpu")
     protocol = CheckProtocol()
     stage = method.stages(protocol)[0]
-    optimizer = sgd_for(list(method.stage_parameters(stage)), protocol, stage)
+    optimizer = make_optimizer(list(method.stage_parameters(stage)), protocol, stage)
     with precision.autocast():
         losses = method.train_step(batch, StepInfo(0, 1, stage, 0, 0), optimizer)
     assert all(torch.isfinite(v).all() for v in losses.values())
