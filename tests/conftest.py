@@ -16,6 +16,15 @@ SHARED = Path(os.environ.get("KDBENCH_SHARED", ROOT.parent / "shared"))
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+def md_row(text: str, name: str) -> list[str]:
+    """The cells of the Markdown table row whose first cell is `name` (the first such row: the first panel)."""
+    for line in text.splitlines():
+        parts = [p.strip() for p in line.strip().strip("|").split("|")]
+        if parts and parts[0] == name:
+            return parts[1:]
+    raise AssertionError(f"no row {name!r}")
+
+
 def shared_path(*parts: str) -> Path:
     """A path under ../shared, or skip the test with the reason."""
     path = SHARED.joinpath(*parts)

@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import shared_path
+from conftest import md_row, shared_path
 from methods.registry import method_names
 from report import paper, plots, tables
 from report.collect import COLUMNS
@@ -49,15 +49,6 @@ def cell(table, name, metric, dataset="cifar10") -> pd.Series:
     hit = rec[(rec["name"] == name) & (rec["metric"] == metric) & (rec["dataset"] == dataset)]
     assert len(hit) == 1, f"{name} {metric} {dataset}: {len(hit)} records"
     return hit.iloc[0]
-
-
-def md_row(text: str, name: str) -> list[str]:
-    """The cells of the Markdown row whose first cell is `name` (first panel)."""
-    for line in text.splitlines():
-        parts = [p.strip() for p in line.strip().strip("|").split("|")]
-        if parts and parts[0] == name:
-            return parts[1:]
-    raise AssertionError(f"no row {name!r}")
 
 
 # --- the paper's data -------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import md_row
 from methods.registry import SETS
 from report import paper, table_m as tm
 from report.collect import COLUMNS
@@ -62,14 +63,6 @@ def summary() -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def table(summary):
     return tm.table_m(summary, DATASETS, "best")
-
-
-def md_row(text: str, name: str) -> list[str]:
-    for line in text.splitlines():
-        parts = [p.strip() for p in line.strip().strip("|").split("|")]
-        if parts and parts[0] == name:
-            return parts[1:]
-    raise AssertionError(f"no row {name!r}")
 
 
 def md_names(text: str) -> list[str]:
