@@ -15,6 +15,8 @@ cohort and a separate run get the same rewritten teacher, so they stay identical
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn as nn
 
@@ -61,10 +63,28 @@ class FrozenTeacher(nn.Module):
 def frozen_teacher(model: nn.Module, device: torch.device) -> nn.Module:
     """The teacher of a distillation run, rewritten for speed where that is known to pay (see the module
     docstring); `model` must be in eval mode and is changed in place."""
-    inner = model
-    while not isinstance(inner, CifarResNet) and isinstance(getattr(inner, "model", None), nn.Module):
-        inner = inner.model
-    if not isinstance(inner, CifarResNet) or inner.training:
+    inner = _resnet_inside(model)
+    if inner is None or inner.training:
         return model
     fold_batchnorm_(inner)
     return FrozenTeacher(model) if torch.device(device).type == "cpu" else model
+
+
+def _resnet_inside(model: nn.Module) -> CifarResNet | None:
+    inner = model
+    while not isinstance(inner, CifarResNet) and isinstance(getattr(inner, "model", None), nn.Module):
+        inner = inner.model
+    return inner if isinstance(inner, CifarResNet) else None
+
+
+def inference_form(model: nn.Module) -> nn.Module:
+    """The network as it is evaluated and timed: for a CIFAR ResNet (maybe wrapped), an eval-mode copy rewritten
+    as above (BatchNorm folded; channels-last on the CPU), the form it would be deployed in, and the form the
+    ensembles are timed in, so single networks and ensembles compare in Table 2; any other network as it is.
+    `model` itself is never changed. Exact to float rounding, like the teacher's rewrite."""
+    if _resnet_inside(model) is None:
+        return model
+    device = next(model.parameters()).device
+    compiled = getattr(model, "_compiled_call_impl", None)  # nn.Module.compile's wrapper is not copied
+    twin = copy.deepcopy(model, memo={id(compiled): None} if compiled is not None else None).eval()
+    return frozen_teacher(twin, device)

@@ -422,9 +422,11 @@ def table2(summary: pd.DataFrame, measurements: pd.DataFrame | None, datasets: d
         "weight size, 4 bytes × parameters / 10⁶.",
         *data_sentences(datasets, "Δ time", "; Δ params is, the networks being the same"),
         "The 20 distillation methods run the student's network at inference and are listed only when measured.",
-        "Ensembles are timed as one batched computation of their members (CIFAR ResNets fused into one network "
-        "of grouped convolutions); the time of a loop over the members is in measurements.csv "
-        "(inference_time_loop_s).",
+        "CIFAR ResNets are timed in their inference form, BatchNorm folded into the convolutions (form in "
+        "measurements.csv), single networks and ensemble members alike. Ensembles run their members as one "
+        "fused network of grouped convolutions on a GPU and as a loop over the folded members on a CPU, "
+        "where that measured faster (batched in measurements.csv); the time of a plain loop over the members "
+        "as built is in measurements.csv (inference_time_loop_s).",
         LEGEND, "“not measured”: finished, but not timed on this device."])
     return Table("table2", "Table 2", caption, groups, [(None, lines)],
                  device_notes + run_notes(runs, datasets), pd.DataFrame(records))

@@ -11,8 +11,9 @@ Voting (`voting`):
 - `hard`:   majority vote of the members' top-1 predictions (ties broken by the summed logits); top-k for
             k > 1 ranks classes by vote count, then by summed logits.
 
-Inference runs the members as one batched computation when they share an architecture (`models.ensemble`).
-Every ensemble run times both the batched and the loop way, and `bench/ensemble_inference.py` compares them.
+Inference runs the members in their fastest exact form when they share an architecture (`models.ensemble`: fused
+on a GPU, a loop over BatchNorm-folded members on a CPU). Every ensemble run times that form and the plain loop,
+and `bench/ensemble_inference.py` compares them.
 """
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def ensemble_topk(ensemble: torch.nn.Module, loader, voting: str) -> dict[str, f
 
 
 def measure_ensemble(members: list[torch.nn.Module], inputs: torch.Tensor, voting: str, repeats: int) -> dict:
-    """Time the batched ensemble (the row's time) and, for comparison, the loop over its members."""
+    """Time the ensemble in its fast form (`build_ensemble`; the row's time) and, for comparison, the plain loop
+    over its members as built."""
     params = sum(count_parameters(m) for m in members)
     batched, loop = build_ensemble(members, batched=True), build_ensemble(members, batched=False)
     record = measure(lambda x: combine(batched(x), voting), inputs, params, repeats=repeats)

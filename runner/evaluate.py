@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from models.frozen import inference_form
+
 TOPK = (1, 2, 3, 4, 5)
 
 
@@ -26,6 +28,9 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks=TOPK) -> dict[s
 
 
 def evaluate(model, loader) -> dict[str, float]:
+    """Top-k accuracy of `model` in eval mode, computed on its inference form (`models.frozen.inference_form`:
+    BatchNorm folded, a copy; `model` is left as it was)."""
+    model = inference_form(model)
     was_training = model.training
     model.eval()
     try:

@@ -17,7 +17,10 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from models.frozen import inference_form
 
 from .store import write_atomic
 
@@ -77,8 +80,15 @@ def under_precision(forward: Callable[[torch.Tensor], object], precision: str, d
 
 def measure(forward, inputs: torch.Tensor, params: int, extra_params: int = 0, batch_size: int = 128,
             repeats: int = 5, precision: str = "fp32") -> dict:
-    """Time and count one network on `inputs` in the run's precision (`fp32`, or autocast to `bf16`/`fp16`)."""
+    """Time and count one network on `inputs` in the run's precision (`fp32`, or autocast to `bf16`/`fp16`). A
+    network (an `nn.Module`, in eval mode) is timed in its inference form (`models.frozen.inference_form`: a CIFAR
+    ResNet with BatchNorm folded, as ensembles are timed); `form` in the record says which."""
     device = inputs.device
+    form = {}
+    if isinstance(forward, nn.Module):
+        net = inference_form(forward)
+        form = {"form": "bn-folded" if net is not forward else "as-built"}
+        forward = net
     forward = under_precision(forward, precision, device)
     times = time_inference(forward, inputs, batch_size, repeats)
     return {
@@ -87,7 +97,7 @@ def measure(forward, inputs: torch.Tensor, params: int, extra_params: int = 0, b
         "extra_params": extra_params, "flops": count_flops(forward, inputs),
         "device": device.type, "device_name": device_name(device), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "precision": precision, "batch_size": batch_size,
-        "host": socket.gethostname(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "host": socket.gethostname(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **form,
     }
 
 

@@ -8,7 +8,7 @@ import torch
 
 from data import DATASETS
 from models import build_seeded
-from models.frozen import FrozenTeacher, frozen_teacher
+from models.frozen import FrozenTeacher, frozen_teacher, inference_form
 from models.pretrained import Renormalize
 
 
@@ -63,3 +63,25 @@ def test_wrapped_teachers_are_rewritten_and_others_left_alone():
     assert frozen_teacher(wrn, torch.device("cpu")) is wrn  # not a CIFAR ResNet: unchanged
     training = build_seeded("resnet20", 10, 0).train()
     assert frozen_teacher(training, torch.device("cpu")) is training  # only an eval-mode network is frozen
+
+
+def test_networks_are_evaluated_and_timed_in_their_inference_form_and_left_as_they_were():
+    from runner.evaluate import evaluate, topk_accuracy
+    from runner.measure import measure
+
+    student = trained_like("resnet20").train()  # mid-training: train mode, BatchNorm not folded
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    fast = inference_form(student)
+    assert fast is not student and not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert student.training and any(isinstance(m, torch.nn.BatchNorm2d) for m in student.modules())
+    x = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    y = torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(5))
+    loader = [type("B", (), {"x": x, "y": y})()]
+    acc = evaluate(student, loader)
+    student.eval()
+    with torch.no_grad():
+        assert acc == topk_accuracy(student(x)[0], y)  # the folded copy predicts what the network predicts
+    assert all(torch.equal(v, before[k]) for k, v in student.state_dict().items())  # untouched (BN stats too)
+    assert measure(student, x, 1, repeats=1)["form"] == "bn-folded"
+    wrn = build_seeded("wrn_16_2", 10, 0).eval()
+    assert inference_form(wrn) is wrn and measure(wrn, x, 1, repeats=1)["form"] == "as-built"
