@@ -259,7 +259,7 @@ class Run:
             p = spec.protocol
             self.train_loader = TrainLoader(train, p.batch_size, *norm, seed=spec.seed, device=self.device,
                                             padding=p.padding, pad_mode=p.pad_mode, flip=p.flip)
-            self.test_loader = EvalLoader(test, self.env.test_batch_size, *norm, device=self.device)
+            self.test_loader = EvalLoader(test, self.env.eval_batch_size, *norm, device=self.device)
             if self.env.uses_channels_last:
                 self.train_loader, self.test_loader = ChannelsLast(self.train_loader), ChannelsLast(self.test_loader)
         self.norm = norm

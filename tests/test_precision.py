@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import benchmark
+from data import DATASETS
 from core.errors import UserError
 from methods import get_method
 from methods.base import FP32, Precision, StepInfo
@@ -253,6 +254,20 @@ def test_channels_last_is_an_execution_setting(tmp_path):
     record = run.execute()
     assert record["status"] == "done" and record["run_id"] == spec.run_id
     assert 0 <= record["best_top1"] <= 100
+
+
+def test_the_evaluation_batch_is_an_execution_setting():
+    from data import EvalLoader
+    from runner.env import cached_splits
+    from runner.evaluate import predict_logits
+
+    assert RunEnv().eval_batch_size == 128 and RunEnv(device="cuda").eval_batch_size == 1000
+    assert RunEnv(test_batch_size=50).eval_batch_size == 50
+    _, test = cached_splits(DATA, None, False)
+    net = build_seeded("resnet8", 10, 0).eval()
+    ds = DATASETS["cifar10"]
+    small, large = (predict_logits(net, EvalLoader(test, b, ds.mean, ds.std)) for b in (4, 1000))  # 16 test images: 4 batches, 1
+    torch.testing.assert_close(small, large)  # the same logits, labels and order, batch by batch or at once
 
 
 def test_compile_trains_with_plain_checkpoints_or_is_refused_up_front(tmp_path, monkeypatch, capsys):
