@@ -14,8 +14,8 @@ cost"), so its ratios carry across machines:
   `--warmup` steps, then `--repeats` timed steps; the figure is the median over all timed steps. Alternating
   keeps a slow drift of the machine from landing on one method.
 The printed ratio is method step / CE step measured in this run. Peak memory: `torch.cuda.max_memory_allocated`
-on a GPU; on the CPU, with `--memory`, how far the resident memory of a fresh process rises while it takes
-three steps (peak `ru_maxrss` after them minus the resident size before), from the pair built.
+on a GPU; on the CPU, with `--memory`, how far the resident memory of a fresh process rises over two steps
+above what it holds after a first one (the resident high-water mark, reset before the two steps).
 
     python bench/step_time.py [--methods logits,at,crd] [--batch 128] [--device cuda] [--memory]
 
@@ -118,16 +118,16 @@ class Harness:
 
 
 def peak_rss_mb(name: str, args) -> float:
-    """CPU: how far a fresh process's resident memory rises above what it holds once `name`'s pair is built,
-    while it takes a few steps (peak resident size after the steps minus the resident size before them)."""
-    code = ("import resource, sys; "
-            f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); import step_time as st; "
-            f"import argparse; a = argparse.Namespace(**{vars(args)!r}); "
-            f"h = st.Harness({name!r}, a, st.torch.device('cpu')); "
-            "page = st.os.sysconf('SC_PAGE_SIZE'); "
-            "before = int(open('/proc/self/statm').read().split()[1]) * page / 2**20; "
-            "h.steps(3); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before)")
+    """CPU: how far a fresh process's resident memory rises while `name` takes two steps, above what it holds after
+    a first step (which builds momentum buffers and kernels): the resident high-water mark is reset before the two
+    steps (/proc/self/clear_refs, as bench/side_by_side.py does), so the import and build peaks are not counted."""
+    code = ("import sys; from pathlib import Path; "
+            f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); "
+            "import argparse, step_time as st; from side_by_side import _status_kb; "
+            f"a = argparse.Namespace(**{vars(args)!r}); "
+            f"h = st.Harness({name!r}, a, st.torch.device('cpu')); h.steps(1); "
+            "Path('/proc/self/clear_refs').write_text('5'); before = _status_kb('VmRSS:'); h.steps(2); "
+            "print((_status_kb('VmHWM:') - before) / 1024)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return max(0.0, float(out.stdout.strip().splitlines()[-1]))
 
