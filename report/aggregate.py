@@ -228,7 +228,8 @@ def pick_device(measurements: pd.DataFrame | None, device: str | None = None
     """The measurements of one device (default: the most recently measured one) under one setting.
 
     Timings from different machines, precisions, batch sizes or thread counts are not comparable, so one
-    table shows one of each: the setting of the device's latest measurement. Returns (device, rows, notes).
+    table shows one of each: the setting of the device's latest measurement; and each run in the form of its
+    latest measurement (`form`: BatchNorm folded or as built). Returns (device, rows, notes).
     """
     names = devices(measurements)
     if not names:
@@ -248,6 +249,17 @@ def pick_device(measurements: pd.DataFrame | None, device: str | None = None
         if not keep.all():
             notes.append(f"{int((~keep).sum())} measurement(s) on this device with another "
                          f"{'/'.join(present)} setting are not shown.")
+        df = df[keep]
+    if "form" in df:
+        # a network re-timed in its inference form (BatchNorm folded) is shown so; its earlier timings as built
+        # (recorded before the form existed, hence no value) are another computation, not averaged in
+        form = df["form"].fillna("as-built").astype(str)
+        when = df["_when"].fillna(pd.Timestamp.min.tz_localize("UTC"))
+        newest = form.loc[when.sort_values(kind="stable").index].groupby(df["run_id"]).last()
+        keep = form == df["run_id"].map(newest)
+        if not keep.all():
+            notes.append(f"{int((~keep).sum())} earlier measurement(s) of a network in another form "
+                         "(measurements.csv: form) are not shown.")
         df = df[keep]
     return device, df.drop(columns="_when"), notes
 

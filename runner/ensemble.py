@@ -23,7 +23,8 @@ from core.errors import UserError
 from data import dataset_info
 from methods.ensembles import combine
 from models import count_parameters
-from models.ensemble import build_ensemble
+from models.ensemble import FoldedLoopEnsemble, build_ensemble
+from models.fused import FusedResNetEnsemble
 from models.pretrained import load_teacher
 
 from .env import RunEnv, test_loader
@@ -52,6 +53,7 @@ def measure_ensemble(members: list[torch.nn.Module], inputs: torch.Tensor, votin
     record["inference_time_loop_s"] = measure(lambda x: combine(loop(x), voting), inputs, params,
                                               repeats=repeats)["inference_time_s"]
     record["batched"] = type(batched).__name__
+    record["form"] = "bn-folded" if isinstance(batched, (FoldedLoopEnsemble, FusedResNetEnsemble)) else "as-built"
     return record
 
 

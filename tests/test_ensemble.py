@@ -112,6 +112,8 @@ def test_ensemble_row_is_recorded_and_correct(tmp_path):
     measurements = pd.read_csv(next(tmp_path.glob("*/measurements.csv")))
     ens = measurements[measurements.method == "ens-st-logits"].iloc[0]
     assert ens.inference_time_s > 0 and ens.inference_time_loop_s > 0
+    assert ens.batched == "FoldedLoopEnsemble" and ens.form == "bn-folded"  # resnet20 members on the CPU
+    assert set(measurements[measurements.method != "ens-st-logits"].form) == {"bn-folded"}  # resnet8/20 runs
     assert {"device_name", "torch", "threads", "precision", "batch_size"} <= set(measurements.columns)
     # measuring again (as on another machine) adds one row per finished run and overwrites none
     before = {p: p.read_bytes() for p in tmp_path.glob("runs/*/measurements/*.json")}

@@ -221,6 +221,17 @@ def test_table2_median_per_run_then_mean_over_seeds(summary, measurements):
     assert "millions of parameters" in t2.caption and "GTX 1070 Ti" in t2.caption
 
 
+def test_table2_shows_a_remeasured_network_in_its_latest_form_only(summary, measurements):
+    # the GPU student runs re-timed folded (a later `measure`): their old timings as built are another computation
+    gpu = measurements[(measurements["device_name"] == GPU) & (measurements["batch_size"] == 128)]
+    students = gpu[(gpu["role"] == "student") & (gpu["dataset"] == C10)]
+    folded = students.assign(inference_time_s=0.30, form="bn-folded", measured_at="2026-12-01T10:00:00+00:00")
+    t2 = tables.table2(summary, pd.concat([measurements, folded], ignore_index=True), DATASETS)
+    assert md_row(to_markdown(t2), "Student")[0] == f"0.30 ± 0.00 (n={students['run_id'].nunique()})"
+    assert any(f"{len(students)} earlier measurement(s) of a network in another form" in n for n in t2.notes)
+    assert md_row(to_markdown(t2), "Teacher")[0] == "1.20 ± 0.07 (n=2)"  # not re-timed: as before
+
+
 def test_table2_rows_without_timings_say_why(summary, measurements):
     text = to_markdown(tables.table2(summary, measurements, DATASETS))
     assert md_row(text, "Ens-RKD-Logits")[0] == "not measured (1 DONE run)"
