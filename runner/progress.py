@@ -3,9 +3,11 @@
 A launcher numbers the runs it will execute (`Sweep`: plan order, runs already DONE not counted) and hands each
 job its `position` (a plain dict in `RunEnv.progress`, so it crosses into worker processes and SLURM jobs). The
 run adds what only it knows: its epoch, its pace and so its own ETA. The sweep's ETA is the run's remaining time
-plus the run-epochs not started yet at this run's pace per run-epoch (a cohort of m runs does m run-epochs per
-epoch), divided by the launcher's parallel slots: an estimate that assumes the remaining runs cost what this
-one does, so it is marked "~". SLURM jobs run in the queue's order and number: they get no sweep ETA.
+plus the run-epochs not started yet of runs that train the same network, at this run's pace per run-epoch (a
+cohort of m runs does m run-epochs per epoch), divided by the launcher's parallel slots: an estimate that
+assumes those runs cost what this one does, so it is marked "~". Runs of other networks are counted, not
+timed ("+ 25 runs of other networks"): a ResNet-110 teacher's pace says little about its ResNet-20 students.
+SLURM jobs run in the queue's order and number: they get no sweep ETA.
 Nothing here changes a result.
 """
 from __future__ import annotations
@@ -27,6 +29,7 @@ class Sweep:
         todo = [r for r in runs if RunFolder(results_dir, r.run_id).state() != State.DONE]
         self.numbers = {r.run_id: i + 1 for i, r in enumerate(todo)}
         self.epochs = {r.run_id: planned_epochs(r.spec) for r in todo}
+        self.network = {r.run_id: r.spec.student for r in todo}
         self.started: set[str] = set()
         self.slots = slots
 
@@ -34,9 +37,13 @@ class Sweep:
         """The `RunEnv.progress` of a job (a list of planned runs) starting now."""
         ids = [r.run_id for r in job]
         self.started.update(ids)
-        after = sum(e for rid, e in self.epochs.items() if rid not in self.started)
+        networks = {r.spec.student for r in job}
+        later = [rid for rid, e in self.epochs.items() if rid not in self.started and e > 0]
+        after = sum(self.epochs[rid] for rid in later if self.network[rid] in networks)
+        others = sum(self.network[rid] not in networks for rid in later)
         return {"total": len(self.numbers), "numbers": {rid: self.numbers[rid] for rid in ids if rid in self.numbers},
-                "share": len(ids), "epochs_after": after if self.slots else None, "slots": self.slots}
+                "share": len(ids), "epochs_after": after if self.slots else None, "slots": self.slots,
+                "others_after": others}
 
 
     def numbering(self) -> dict:
@@ -74,8 +81,11 @@ class Pace:
         per_epoch = (time.monotonic() - self.t0) / done
         run_left = per_epoch * (total - epoch)
         text = f"{head}, ETA run {duration(run_left)}" if epoch < total else head
-        if position and position.get("epochs_after") and position.get("slots"):
+        if position and position.get("slots") and (position.get("epochs_after") or position.get("others_after")):
             per_run_epoch = per_epoch / max(1, position.get("share", 1))
-            sweep_left = run_left + position["epochs_after"] * per_run_epoch / position["slots"]
+            sweep_left = run_left + (position.get("epochs_after") or 0) * per_run_epoch / position["slots"]
             text += f", sweep ~{duration(sweep_left)}"
+            others = position.get("others_after") or 0
+            if others:
+                text += f" + {others} run{'s' if others > 1 else ''} of other networks"
         return text

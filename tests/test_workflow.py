@@ -152,6 +152,21 @@ def test_epoch_lines_say_where_the_sweep_is(trained):
     assert not any("ETA run" in x for x in lines)
 
 
+def test_the_sweep_estimates_runs_of_the_same_network_and_counts_the_others():
+    from runner.plan import PlanRequest, plan
+    from runner.progress import Sweep
+
+    stages = plan(PlanRequest(preset="smoke", methods=["st", "at"], seeds=[0]))
+    runs = [r for stage in stages for r in stage]
+    sweep = Sweep(runs, "/nonexistent-results", slots=1)
+    teacher = next(r for r in runs if r.spec.student == "resnet110")
+    students = [r for r in runs if r.spec.kind == "train" and r.spec.student == "resnet20"]
+    first = sweep.position([teacher])
+    assert first["epochs_after"] == 0 and first["others_after"] == len(students) == 3  # ce, st, at
+    second = sweep.position([students[0]])
+    assert second["epochs_after"] == 2 * students[0].spec.protocol.epochs and second["others_after"] == 0
+
+
 def test_progress_arithmetic(monkeypatch):
     """The ETAs from a run's own pace: 3 of 10 epochs done in 30 s -> 70 s left for the run; 40 run-epochs after it
     on 2 slots, shared by a cohort of 2 (5 s per run-epoch) -> 70 + 40 * 5 / 2 = 170 s for the sweep."""
@@ -162,6 +177,12 @@ def test_progress_arithmetic(monkeypatch):
     pace = progress.Pace(epoch=0)
     position = {"total": 12, "numbers": {"abc": 4}, "share": 2, "epochs_after": 40, "slots": 2}
     assert pace.where("abc", 3, 10, position) == "run 4 of 12, epoch 3 of 10, ETA run 1m10s, sweep ~2m50s"
+    # runs of other networks are counted, not timed at this run's pace (a teacher says little of its students)
+    clock = iter([100.0, 130.0])
+    pace = progress.Pace(epoch=0)
+    position = {"total": 12, "numbers": {"abc": 1}, "share": 1, "epochs_after": 0, "slots": 1, "others_after": 11}
+    assert pace.where("abc", 3, 10, position) == ("run 1 of 12, epoch 3 of 10, ETA run 1m10s, "
+                                                   "sweep ~1m10s + 11 runs of other networks")
     assert [progress.duration(s) for s in (35.2, 250, 3725)] == ["35s", "4m10s", "1h02m"]
 
 
