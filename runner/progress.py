@@ -84,8 +84,10 @@ class Pace:
         if position and position.get("slots") and (position.get("epochs_after") or position.get("others_after")):
             per_run_epoch = per_epoch / max(1, position.get("share", 1))
             sweep_left = run_left + (position.get("epochs_after") or 0) * per_run_epoch / position["slots"]
-            text += f", sweep ~{duration(sweep_left)}"
             others = position.get("others_after") or 0
-            if others:
-                text += f" + {others} run{'s' if others > 1 else ''} of other networks"
+            runs = f"{others} run{'s' if others > 1 else ''} of other networks"
+            if sweep_left >= 0.5:
+                text += f", sweep ~{duration(sweep_left)}" + (f" + {runs}" if others else "")
+            else:  # nothing of this network left to time: only what follows
+                text += f", then {runs}"
         return text

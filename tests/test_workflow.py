@@ -147,8 +147,10 @@ def test_epoch_lines_say_where_the_sweep_is(trained):
     assert len(found) == len(lines) == 7
     assert sorted(k for k, n in found if n == 6) == [1, 2, 3, 4, 5, 6]
     assert [k for k, n in found if n == 1] == [1]
-    # every run but the sweep's last has the sweep's ETA; a one-epoch run has nothing left of its own
-    assert sum("sweep ~" in x for x in lines) >= 4
+    # every run but the sweep's last says what follows: the sweep's ETA, or (the teacher, whose network no later
+    # run trains) the runs of other networks; a one-epoch run has nothing left of its own
+    assert sum("sweep ~" in x or ", then " in x for x in lines) >= 4
+    assert any("then 5 runs of other networks" in x for x in lines)  # the teacher, before the 5 student runs
     assert not any("ETA run" in x for x in lines)
 
 
@@ -183,6 +185,9 @@ def test_progress_arithmetic(monkeypatch):
     position = {"total": 12, "numbers": {"abc": 1}, "share": 1, "epochs_after": 0, "slots": 1, "others_after": 11}
     assert pace.where("abc", 3, 10, position) == ("run 1 of 12, epoch 3 of 10, ETA run 1m10s, "
                                                    "sweep ~1m10s + 11 runs of other networks")
+    clock = iter([100.0, 130.0])
+    pace = progress.Pace(epoch=0)
+    assert pace.where("abc", 10, 10, position) == "run 1 of 12, epoch 10 of 10, then 11 runs of other networks"
     assert [progress.duration(s) for s in (35.2, 250, 3725)] == ["35s", "4m10s", "1h02m"]
 
 
