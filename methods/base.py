@@ -302,14 +302,15 @@ class Method:
         return {k: v.detach() for k, v in losses.items()}
 
     def backward_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
-                      before_step: Callable[[], None] | None = None) -> None:
+                      before_step: Callable[[], None] | None = None, last: bool = True) -> None:
         """Zero the gradients of `optimizer`'s parameters, back-propagate `loss` and step: the one place that does
         so, for `train_step` and every override of it (call it once per optimiser, e.g. KDFM's discriminator and
         student). fp32: exactly `zero_grad; backward; step`. Under autocast the backward pass runs with autocast
         off (its ops follow their forward's dtypes), and fp16 goes through the run's gradient scaler: scaled
         loss, unscaled gradients checked for inf/NaN (the step is skipped if any), scale updated.
         `before_step` runs between the backward pass and the step (e.g. to give unreached parameters zero
-        gradients)."""
+        gradients). A step with several optimisers passes `last=False` to all calls but its last: the scale is
+        updated once per training step, after every optimiser has stepped (torch.amp's pattern)."""
         optimizer.zero_grad(set_to_none=True)
         precision = self.ctx.precision
         if not precision.reduced:
@@ -327,7 +328,8 @@ class Method:
             optimizer.step()
         else:
             scaler.step(optimizer)
-            scaler.update()
+            if last:
+                scaler.update()
 
     # ---- what is evaluated and saved ------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -161,7 +161,7 @@ class KDFM(Method):
         # 1. discriminator step on detached student maps
         disc.requires_grad_(True)
         d_loss = self.in_fp32(kdfm_discriminator_loss, disc(f_t), disc(f_s.detach()))
-        self.backward_step(d_loss, self.d_opt)
+        self.backward_step(d_loss, self.d_opt, last=False)  # one scale update per step, after the student's
         disc.requires_grad_(False)
         # 2. student step against the updated discriminator
         hp = self.hp

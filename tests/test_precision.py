@@ -207,7 +207,8 @@ def test_every_step_override_trains_without_nan_under_bf16(name):
 
 
 def test_backward_step_goes_through_the_gradient_scaler_once_per_optimiser():
-    """KDFM steps two optimisers (discriminator, student): both through the run's scaler under fp16."""
+    """KDFM steps two optimisers (discriminator, student): both through the run's scaler under fp16, which
+    updates its scale once per training step, after both (torch.amp's pattern for several optimisers)."""
     method, batch = make_pair(get_method("kdfm"), teacher="resnet8", batch=8)
     method.ctx.precision = precision = Precision("fp16", "cpu")
     protocol = CheckProtocol()
@@ -216,7 +217,19 @@ def test_backward_step_goes_through_the_gradient_scaler_once_per_optimiser():
     with precision.autocast():
         losses = method.train_step(batch, StepInfo(0, 1, stage, 0, 0), optimizer)
     assert all(torch.isfinite(v).all() for v in losses.values())
-    assert precision.scaler.state_dict()["_growth_tracker"] == 2
+    assert precision.scaler.state_dict()["_growth_tracker"] == 1  # one update for the two optimisers
+    # an overflow in the discriminator's step skips that step only; the scale halves once, at the step's end
+    method.extra["disc"].requires_grad_(True)  # as KDFM's own discriminator step does
+    disc = [p.detach().clone() for p in method.extra["disc"].parameters()]
+    scale = precision.scaler.get_scale()
+    method.backward_step(method.extra["disc"](torch.ones(2, 64, 8, 8)).float().sum() * float("inf"), method.d_opt,
+                         last=False)
+    assert all(torch.equal(a, p) for a, p in zip(disc, method.extra["disc"].parameters()))
+    assert precision.scaler.get_scale() == scale  # not yet updated
+    student = [p.detach().clone() for p in method.student.parameters()]
+    method.backward_step(method.student(batch.x)[0].float().sum(), optimizer)
+    assert any(not torch.equal(a, p) for a, p in zip(student, method.student.parameters()))  # its grads were finite
+    assert precision.scaler.get_scale() == scale / 2
     # an overflow is skipped, not applied: the weights stay, the scale halves
     weights = [p.detach().clone() for p in method.student.parameters()]
     scale = precision.scaler.get_scale()
