@@ -41,8 +41,7 @@ from torch.func import functional_call, stack_module_state, vmap
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import CifarResNet, build_seeded  # noqa: E402
-from models.resnet import PadShortcut  # noqa: E402
-from models.fused import grouped_pad_shortcut  # noqa: E402
+from models.fused import GroupedBlock  # noqa: E402
 from runner.measure import device_name  # noqa: E402
 
 SGD = dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)  # the protocol's (runner/spec.py)
@@ -70,26 +69,10 @@ class GroupedConvBN(nn.Module):
         return self.bn(F.conv2d(x, self.weight, None, self.stride, self.padding, groups=self.groups))
 
 
-class GroupedBlock(nn.Module):
-    def __init__(self, blocks, prefix: str):
-        super().__init__()
-        self.k, first = len(blocks), blocks[0].shortcut
-        self.conv1 = GroupedConvBN([(b.conv1, b.bn1) for b in blocks], (f"{prefix}.conv1", f"{prefix}.bn1"))
-        self.conv2 = GroupedConvBN([(b.conv2, b.bn2) for b in blocks], (f"{prefix}.conv2", f"{prefix}.bn2"))
-        self.pad = first.pad if isinstance(first, PadShortcut) else None
-        self.shortcut = (GroupedConvBN([(b.shortcut[0], b.shortcut[1]) for b in blocks],
-                                       (f"{prefix}.shortcut.0", f"{prefix}.shortcut.1"))
-                         if isinstance(first, nn.Sequential) else None)
-
-    def _shortcut(self, x):
-        if self.shortcut is not None:
-            return self.shortcut(x)
-        if self.pad is None:
-            return x
-        return grouped_pad_shortcut(x, self.k, self.pad)
-
-    def forward(self, x):
-        return F.relu(self.conv2(F.relu(self.conv1(x))) + self._shortcut(x))
+def trainable_conv(prefix: str):
+    """`models.fused.GroupedBlock`'s layer builder for block `prefix` ("layer1.0"): trainable conv + BatchNorm,
+    named as the members' modules so that `member_state` can unstack them."""
+    return lambda pairs, names: GroupedConvBN(pairs, tuple(f"{prefix}.{n}" for n in names))
 
 
 class GroupedResNet(nn.Module):
@@ -100,7 +83,7 @@ class GroupedResNet(nn.Module):
         assert all(type(m) is CifarResNet for m in members), "CIFAR ResNets only (models/resnet.py)"
         self.k = len(members)
         self.stem = GroupedConvBN([(m.conv1, m.bn1) for m in members], ("conv1", "bn1"), shared_input=True)
-        self.blocks = nn.Sequential(*[GroupedBlock(list(blocks), f"{layer}.{i}")
+        self.blocks = nn.Sequential(*[GroupedBlock(list(blocks), trainable_conv(f"{layer}.{i}"))
                                       for layer in ("layer1", "layer2", "layer3")
                                       for i, blocks in enumerate(zip(*(getattr(m, layer) for m in members)))])
         self.fc_weight = nn.Parameter(torch.stack([m.linear.weight.detach() for m in members]))  # (K, classes, C)

@@ -48,15 +48,24 @@ class _GroupedConv(nn.Module):
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, groups=self.groups)
 
 
-class _GroupedBlock(nn.Module):
-    def __init__(self, blocks: list[BasicBlock]):
+def _folded_conv(pairs, names) -> _GroupedConv:
+    return _GroupedConv(pairs)
+
+
+class GroupedBlock(nn.Module):
+    """Block i of M CIFAR ResNets side by side along the channels. `conv(pairs, names)` builds one grouped layer
+    from the members' (conv, BN) pairs, `names` being their module names in the block ("conv1", "bn1"): folded
+    for inference here, trainable in bench/side_by_side.py. A padded (option A) shortcut comes back in
+    `memory_format` when one is given."""
+
+    def __init__(self, blocks: list[BasicBlock], conv, memory_format: torch.memory_format | None = None):
         super().__init__()
-        self.members = len(blocks)
-        self.conv1 = _GroupedConv([(b.conv1, b.bn1) for b in blocks])
-        self.conv2 = _GroupedConv([(b.conv2, b.bn2) for b in blocks])
+        self.members, self.memory_format = len(blocks), memory_format
+        self.conv1 = conv([(b.conv1, b.bn1) for b in blocks], ("conv1", "bn1"))
+        self.conv2 = conv([(b.conv2, b.bn2) for b in blocks], ("conv2", "bn2"))
         first = blocks[0].shortcut
         self.pad = first.pad if isinstance(first, PadShortcut) else None
-        self.shortcut = (_GroupedConv([(b.shortcut[0], b.shortcut[1]) for b in blocks])
+        self.shortcut = (conv([(b.shortcut[0], b.shortcut[1]) for b in blocks], ("shortcut.0", "shortcut.1"))
                          if isinstance(first, nn.Sequential) else None)
 
     def _shortcut(self, x):
@@ -64,7 +73,8 @@ class _GroupedBlock(nn.Module):
             return self.shortcut(x)
         if self.pad is None:
             return x
-        return grouped_pad_shortcut(x, self.members, self.pad).contiguous(memory_format=torch.channels_last)
+        out = grouped_pad_shortcut(x, self.members, self.pad)
+        return out if self.memory_format is None else out.contiguous(memory_format=self.memory_format)
 
     def forward(self, x):
         return F.relu(self.conv2(F.relu(self.conv1(x))) + self._shortcut(x))
@@ -77,7 +87,8 @@ class FusedResNetEnsemble(nn.Module):
         super().__init__()
         self.members = len(members)
         self.stem = _GroupedConv([(m.conv1, m.bn1) for m in members], shared_input=True)
-        self.blocks = nn.Sequential(*[_GroupedBlock(list(blocks)) for layer in ("layer1", "layer2", "layer3")
+        self.blocks = nn.Sequential(*[GroupedBlock(list(blocks), _folded_conv, torch.channels_last)
+                                      for layer in ("layer1", "layer2", "layer3")
                                       for blocks in zip(*(getattr(m, layer) for m in members))])
         self.register_buffer("fc_weight", torch.stack([m.linear.weight.detach() for m in members]))  # (M, K, C)
         self.register_buffer("fc_bias", torch.stack([m.linear.bias.detach() for m in members]))      # (M, K)
